@@ -1,0 +1,169 @@
+"""The shared LightningModule base of every fusion model family.
+
+A subclass supplies the network through two methods:
+
+- :meth:`FusionModule.fuse`: (B, 1, H, W) luminance of both sources, in [0, 1], and the task ids
+  -> fused luminance. Restoration samples have no second source; the base passes ``b = a``.
+- :meth:`FusionModule.training_losses`: a mixed training batch -> named loss terms, ``"loss"``
+  being the total for the single optimizer step of that batch.
+
+The base does the rest the same way for every family: optimiser and warm-up/cosine schedule,
+logging of each loss term, full-resolution validation and test with the standard fusion metrics
+per task (reduced across DDP ranks), a panel of validation fusions for W&B, and predict at any
+size (padding to the network's multiple, overlapping tiles for images too large for memory,
+colour put back in YCbCr).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+
+from datamodules.schema import TASKS
+from lightning_modules.color import restore_color
+from lightning_modules.metrics import FusionMetricTracker
+from lightning_modules.tiling import fuse_in_tiles, fuse_padded
+
+
+class FusionModule(pl.LightningModule):
+    """Batch handling, optimisation, metrics, image logging and predict for fusion networks.
+
+    Args:
+        learning_rate: Peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        warmup_steps: Optimizer steps of linear warm-up before the cosine decay to zero.
+        val_metrics: Fusion metrics computed per task in validation and test (names from
+            ``lightning_modules.metrics.METRICS``); ``None`` means all of them.
+        val_panel_size: How many validation fusions (sources and result) are logged as images to
+            W&B each validation epoch; 0 turns the panel off.
+        predict_tile_size: Fuse images whose height or width exceeds this in overlapping tiles of
+            this size, to bound memory; ``None`` fuses every image whole.
+        predict_tile_overlap: Pixels shared between neighbouring tiles, blended to hide seams.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        val_metrics: list[str] | None = None,
+        val_panel_size: int = 4,
+        predict_tile_size: int | None = None,
+        predict_tile_overlap: int = 32,
+    ) -> None:
+        super().__init__()
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.val_panel_size = val_panel_size
+        self.predict_tile_size = predict_tile_size
+        self.predict_tile_overlap = predict_tile_overlap
+        self.val_tracker = FusionMetricTracker(val_metrics)
+        self.test_tracker = FusionMetricTracker(val_metrics)
+        self._panel: list[tuple[str, torch.Tensor]] = []
+
+    # ----------------------------------------------------------------- what subclasses provide
+    @property
+    def size_multiple(self) -> int:
+        """Inputs to :meth:`fuse` are padded to a multiple of this (e.g. the attention window)."""
+        return 1
+
+    def fuse(self, a: torch.Tensor, b: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement fuse(a, b, task)")
+
+    def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must implement training_losses(batch)")
+
+    # ------------------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        losses = self.training_losses(batch)
+        batch_size = batch["a"].shape[0]
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), batch_size=batch_size, prog_bar=name == "loss")
+        for task_index in batch["task"].unique().tolist():
+            share = (batch["task"] == task_index).float().mean()
+            self.log(f"train/share/{TASKS[task_index]}", share, batch_size=batch_size)
+        return losses["loss"]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(self.warmup_steps, total_steps - 1)
+
+        def warmup_then_cosine(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(total_steps - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --------------------------------------------------------------------- full-resolution fusing
+    def fuse_full_resolution(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Fused luminance of a pair batch at its own size (padding or tiling as configured)."""
+        a, task = batch["a"], batch["task"]
+        b = torch.where(batch["has_b"][:, None, None, None], batch["b"], a)
+        if self.predict_tile_size is None:
+            return fuse_padded(self.fuse, a, b, task, self.size_multiple)
+        return fuse_in_tiles(self.fuse, a, b, task, self.size_multiple, self.predict_tile_size, self.predict_tile_overlap)
+
+    # ------------------------------------------------------------------------- validation / test
+    def _evaluate(self, batch: dict[str, Any], tracker: FusionMetricTracker) -> torch.Tensor:
+        fused = self.fuse_full_resolution(batch).clamp(0.0, 1.0)
+        b = torch.where(batch["has_b"][:, None, None, None], batch["b"], batch["a"])
+        tracker.update(fused, batch["a"], b, batch["task"], gt=batch["gt"], has_gt=batch["has_gt"])
+        return fused
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        fused = self._evaluate(batch, self.val_tracker)
+        if len(self._panel) < self.val_panel_size and self.trainer.is_global_zero:
+            for index, key in enumerate(batch["key"][: self.val_panel_size - len(self._panel)]):
+                row = torch.cat([batch["a"][index], batch["b"][index], fused[index]], dim=-1)
+                self._panel.append((key, row.detach().cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict({f"val/{name}": value for name, value in self.val_tracker.compute().items()}, sync_dist=False)
+        self.val_tracker.reset()
+        self._log_panel()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_tracker)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict({f"test/{name}": value for name, value in self.test_tracker.compute().items()}, sync_dist=False)
+        self.test_tracker.reset()
+
+    def _log_panel(self) -> None:
+        panel, self._panel = self._panel, []
+        if not panel or self.trainer.sanity_checking:
+            return
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(
+                    key="val/fusions",
+                    images=[row.squeeze(0).numpy() for _, row in panel],
+                    caption=[f"{key}: a | b | fused" for key, _ in panel],
+                    step=self.global_step,
+                )
+
+    # ------------------------------------------------------------------------------- predict
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Fused RGB (or grey) images at the sources' size, with keys and bit depths for writing."""
+        fused_y = self.fuse_full_resolution(batch).clamp(0.0, 1.0)
+        a_color = batch["a_color"]
+        b_color = batch.get("b_color", a_color)
+        a_is_color = batch["a_channels"] == 3
+        b_is_color = (batch["b_channels"] == 3) & batch["has_b"]
+        any_color = a_is_color | b_is_color
+        rgb = restore_color(fused_y, a_color, b_color, a_is_color, b_is_color)
+        return {
+            "key": batch["key"],
+            "images": [rgb[i] if any_color[i] else fused_y[i] for i in range(fused_y.shape[0])],
+            "bit_depth": batch["bit_depth"].tolist(),
+        }
+

@@ -1,0 +1,76 @@
+"""Full-resolution inference for networks that need sizes in multiples of a window.
+
+Fusion inputs come at any height and width. Networks with windowed attention need multiples of
+their window, so :func:`fuse_padded` reflect-pads to the next multiple and crops back. Images too
+large for memory are fused in overlapping tiles by :func:`fuse_in_tiles`; tiles are blended with
+weights that ramp down towards tile borders so no seam survives where two tiles meet.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+FuseFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fuse_padded(fuse: FuseFunction, a: torch.Tensor, b: torch.Tensor, task: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Fuse (B, 1, H, W) inputs of any size: reflect-pad to ``multiple``, fuse, crop back."""
+    height, width = a.shape[-2:]
+    pad_bottom, pad_right = -height % multiple, -width % multiple
+    if pad_bottom == 0 and pad_right == 0:
+        return fuse(a, b, task)
+    # reflect padding needs the pad to be smaller than the side; replicate covers tiny images.
+    mode = "reflect" if pad_bottom < height and pad_right < width else "replicate"
+    padding = (0, pad_right, 0, pad_bottom)
+    fused = fuse(F.pad(a, padding, mode=mode), F.pad(b, padding, mode=mode), task)
+    return fused[..., :height, :width]
+
+
+def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def _blend_window(height: int, width: int, overlap: int, device: torch.device) -> torch.Tensor:
+    """Weights that rise linearly over ``overlap`` pixels from each border (never zero)."""
+
+    def ramp(length: int) -> torch.Tensor:
+        position = torch.arange(length, device=device, dtype=torch.float32)
+        distance = torch.minimum(position + 1, length - position)
+        return torch.clamp(distance / max(overlap, 1), max=1.0)
+
+    return ramp(height)[:, None] * ramp(width)[None, :]
+
+
+def fuse_in_tiles(
+    fuse: FuseFunction,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    task: torch.Tensor,
+    multiple: int,
+    tile_size: int,
+    overlap: int,
+) -> torch.Tensor:
+    """Fuse large inputs tile by tile with ``overlap`` pixels shared between neighbours."""
+    if tile_size <= overlap:
+        raise ValueError(f"predict tile size ({tile_size}) must be larger than the tile overlap ({overlap})")
+    height, width = a.shape[-2:]
+    if height <= tile_size and width <= tile_size:
+        return fuse_padded(fuse, a, b, task, multiple)
+    stride = tile_size - overlap
+    fused_sum = torch.zeros_like(a)
+    weight_sum = torch.zeros((height, width), device=a.device, dtype=torch.float32)
+    for top in _tile_starts(height, tile_size, stride):
+        for left in _tile_starts(width, tile_size, stride):
+            window = (slice(None), slice(None), slice(top, top + tile_size), slice(left, left + tile_size))
+            tile = fuse_padded(fuse, a[window], b[window], task, multiple)
+            weights = _blend_window(tile.shape[-2], tile.shape[-1], overlap, a.device)
+            fused_sum[window] += tile * weights
+            weight_sum[window[2:]] += weights
+    return fused_sum / weight_sum
