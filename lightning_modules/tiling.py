@@ -3,7 +3,7 @@
 Fusion inputs come at any height and width. Networks with windowed attention need multiples of
 their window, so :func:`fuse_padded` reflect-pads to the next multiple and crops back. Images too
 large for memory are fused in overlapping tiles by :func:`fuse_in_tiles`; tiles are blended with
-weights that ramp down towards tile borders so no seam survives where two tiles meet.
+weights that fall to zero towards the borders two tiles share, so no seam survives there.
 """
 
 from __future__ import annotations
@@ -37,15 +37,19 @@ def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def _blend_window(height: int, width: int, overlap: int, device: torch.device) -> torch.Tensor:
-    """Weights that rise linearly over ``overlap`` pixels from each border (never zero)."""
+def _ramp(length: int, overlap: int, fade_start: bool, fade_end: bool, device: torch.device) -> torch.Tensor:
+    """1 inside a tile, rising from 0 over ``overlap`` pixels on the sides shared with a neighbour.
 
-    def ramp(length: int) -> torch.Tensor:
-        position = torch.arange(length, device=device, dtype=torch.float32)
-        distance = torch.minimum(position + 1, length - position)
-        return torch.clamp(distance / max(overlap, 1), max=1.0)
-
-    return ramp(height)[:, None] * ramp(width)[None, :]
+    The outermost pixel of a shared side gets weight 0: a network sees no context past the tile
+    edge, so that pixel is the least trustworthy; the neighbour tile covers it fully.
+    """
+    weights = torch.ones(length, device=device)
+    ramp = torch.arange(overlap, device=device, dtype=torch.float32) / max(overlap, 1)
+    if fade_start:
+        weights[:overlap] = torch.minimum(weights[:overlap], ramp[:length])
+    if fade_end:
+        weights[-overlap:] = torch.minimum(weights[-overlap:], ramp.flip(0)[-length:])
+    return weights
 
 
 def fuse_in_tiles(
@@ -68,9 +72,12 @@ def fuse_in_tiles(
     weight_sum = torch.zeros((height, width), device=a.device, dtype=torch.float32)
     for top in _tile_starts(height, tile_size, stride):
         for left in _tile_starts(width, tile_size, stride):
-            window = (slice(None), slice(None), slice(top, top + tile_size), slice(left, left + tile_size))
+            bottom, right = min(top + tile_size, height), min(left + tile_size, width)
+            window = (slice(None), slice(None), slice(top, bottom), slice(left, right))
             tile = fuse_padded(fuse, a[window], b[window], task, multiple)
-            weights = _blend_window(tile.shape[-2], tile.shape[-1], overlap, a.device)
+            weights = _ramp(bottom - top, overlap, top > 0, bottom < height, a.device)[:, None] * _ramp(
+                right - left, overlap, left > 0, right < width, a.device
+            )[None, :]
             fused_sum[window] += tile * weights
             weight_sum[window[2:]] += weights
     return fused_sum / weight_sum

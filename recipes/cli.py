@@ -66,10 +66,11 @@ class FusionCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        config = self.config[self.subcommand]
+        # run=False (programmatic use) has no subcommand level in the config
+        config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = Path(config.runs_dir) / config.run_name
         run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = self.config_init[self.subcommand].checkpoint
+        checkpoint = (self.config_init[self.subcommand] if self.subcommand else self.config_init).checkpoint
         if checkpoint.dirpath is None:
             checkpoint.dirpath = str(run_dir / "checkpoints")
         callbacks: list[Any] = []
