@@ -1,0 +1,273 @@
+"""Loss terms for fusion training, each reduced per sample to a (B,) tensor.
+
+Batches mix tasks, and each task's loss applies to its own samples only, so every term here
+returns one value per sample; the model averages them over the samples they apply to. Images
+are (B, 1, H, W) in [0, 1].
+
+- :func:`intensity_loss`, :func:`gradient_loss`: L1 of the fused image (or of its Sobel gradient
+  magnitude) to the per-pixel maximum of the sources, or to the sources weighted per sample or per
+  pixel.
+- :func:`ssim_loss` (kornia's SSIM) and :func:`ms_ssim_loss`: a correct multi-scale SSIM (Wang,
+  Simoncelli and Bovik 2003), which kornia does not have (its ``MS_SSIMLoss`` is the single-resolution,
+  several-sigma variant with an L1 term).
+- Source weights: :class:`GradientEnergy` (offline default: gradient energy of the images
+  themselves over a pyramid), :class:`BackboneEnergy` (gradient energy of the features of an
+  ImageNet CNN loaded from a local weights file), :func:`energy_weights`, and
+  :func:`exposure_weights` (per-pixel well-exposedness for multi-exposure fusion).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Sequence
+
+import kornia
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+"""Exponents of the five scales of MS-SSIM, from Wang et al. 2003 (finest scale first)."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def per_sample_mean(values: Tensor) -> Tensor:
+    """Mean over every dimension but the first: (B, ...) -> (B,)."""
+    return values.flatten(1).mean(dim=1)
+
+
+def sobel_magnitude(image: Tensor) -> Tensor:
+    """Per-pixel Sobel gradient magnitude, same shape as ``image`` (kornia, normalised kernel)."""
+    return kornia.filters.sobel(image)
+
+
+def _stack_sources(sources: Sequence[Tensor]) -> Tensor:
+    if not sources:
+        raise ValueError("at least one source image is needed")
+    return torch.stack(list(sources), dim=1)  # (B, S, C, H, W)
+
+
+def _weighted_l1(value: Tensor, references: Tensor, weights: Tensor | None) -> Tensor:
+    """L1 of ``value`` (B, C, H, W) to the max of ``references`` (B, S, C, H, W), or to each weighted."""
+    if weights is None:
+        return per_sample_mean((value - references.amax(dim=1)).abs())
+    sources = references.shape[1]
+    if weights.shape[:2] != (value.shape[0], sources) or weights.dim() not in (2, 4):
+        raise ValueError(
+            f"weights must be (B, S) or (B, S, H, W) with B={value.shape[0]}, S={sources}; got {tuple(weights.shape)}"
+        )
+    if weights.dim() == 2:
+        weights = weights[:, :, None, None]
+    weights = weights.unsqueeze(2)  # (B, S, 1, H|1, W|1): broadcast over channels
+    return per_sample_mean((weights * (value.unsqueeze(1) - references).abs()).sum(dim=1))
+
+
+def intensity_loss(fused: Tensor, sources: Sequence[Tensor], weights: Tensor | None = None) -> Tensor:
+    """L1 of the fused image to its sources, per sample.
+
+    Args:
+        fused: (B, C, H, W).
+        sources: S images shaped like ``fused``.
+        weights: ``None`` compares with the per-pixel maximum of the sources; a (B, S) tensor weights
+            each source per sample, a (B, S, H, W) tensor per pixel (weights should sum to 1 over S).
+
+    Returns:
+        (B,) loss.
+    """
+    return _weighted_l1(fused, _stack_sources(sources), weights)
+
+
+def gradient_loss(fused: Tensor, sources: Sequence[Tensor], weights: Tensor | None = None) -> Tensor:
+    """L1 of the fused image's Sobel gradient magnitude to the sources', per sample.
+
+    Args:
+        fused: (B, C, H, W).
+        sources: S images shaped like ``fused``; one source (a target image) makes this a plain
+            gradient-fidelity term.
+        weights: ``None`` compares with the per-pixel maximum of the sources' gradient magnitudes
+            (keeps the strongest edge of either); (B, S) or (B, S, H, W) weights each source.
+
+    Returns:
+        (B,) loss.
+    """
+    gradients = sobel_magnitude(torch.cat([fused, *sources], dim=0)).split(fused.shape[0])
+    return _weighted_l1(gradients[0], torch.stack(gradients[1:], dim=1), weights)
+
+
+def ssim_loss(image: Tensor, target: Tensor, window_size: int = 11) -> Tensor:
+    """1 - mean SSIM per sample (kornia's Gaussian-window SSIM, reflect padding, data range 1)."""
+    return 1.0 - per_sample_mean(kornia.metrics.ssim(image, target, window_size, max_val=1.0))
+
+
+def ms_ssim(
+    image: Tensor,
+    target: Tensor,
+    weights: Sequence[float] = MS_SSIM_WEIGHTS,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    data_range: float = 1.0,
+) -> Tensor:
+    """Multi-scale SSIM per sample (Wang, Simoncelli and Bovik 2003).
+
+    ``prod_j cs_j ** w_j`` over every scale times ``l_M ** w_M`` at the coarsest one, where ``cs_j``
+    is the mean contrast-structure term at scale ``j`` and ``l_M`` the mean luminance term at the
+    last; scales are 2x2 average-pooled. Local statistics use a Gaussian window with reflect padding
+    (so 128 px training crops work at five scales). Each factor is clamped at a small positive value
+    before its fractional power, since a negative mean contrast-structure has no real power.
+
+    Args:
+        image, target: (B, C, H, W); the coarsest scale must stay larger than half the window.
+        weights: Exponent per scale, finest first; their count is the number of scales.
+        window_size: Side of the Gaussian window.
+        sigma: Standard deviation of the Gaussian window.
+        data_range: Value range of the images (sets the stabilising constants).
+
+    Returns:
+        (B,) MS-SSIM, 1 for identical images.
+    """
+    scales = len(weights)
+    smallest_side = min(image.shape[-2:]) // 2 ** (scales - 1)
+    if smallest_side <= window_size // 2:
+        raise ValueError(
+            f"images of {image.shape[-2]}x{image.shape[-1]} are too small for {scales}-scale MS-SSIM with a "
+            f"{window_size}-px window (the coarsest side would be {smallest_side}); use fewer scales or a smaller window"
+        )
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    result = image.new_ones(image.shape[0])
+    for scale, weight in enumerate(weights):
+        moments = kornia.filters.gaussian_blur2d(
+            torch.cat([image, target, image * image, target * target, image * target]),
+            (window_size, window_size),
+            (sigma, sigma),
+            border_type="reflect",
+        )
+        mean_x, mean_y, mean_xx, mean_yy, mean_xy = moments.chunk(5)
+        variance_x, variance_y = mean_xx - mean_x**2, mean_yy - mean_y**2
+        covariance = mean_xy - mean_x * mean_y
+        contrast_structure = (2 * covariance + c2) / (variance_x + variance_y + c2)
+        if scale == scales - 1:
+            luminance = (2 * mean_x * mean_y + c1) / (mean_x**2 + mean_y**2 + c1)
+            factor = per_sample_mean(luminance * contrast_structure)
+        else:
+            factor = per_sample_mean(contrast_structure)
+            image, target = F.avg_pool2d(image, 2), F.avg_pool2d(target, 2)
+        result = result * factor.clamp(min=1e-6) ** weight
+    return result
+
+
+def ms_ssim_loss(image: Tensor, target: Tensor, weights: Sequence[float] = MS_SSIM_WEIGHTS) -> Tensor:
+    """1 - :func:`ms_ssim` per sample."""
+    return 1.0 - ms_ssim(image, target, weights)
+
+
+def energy_weights(energy_a: Tensor, energy_b: Tensor) -> Tensor:
+    """Per-sample source weights (B, 2) proportional to the two sources' (B,) energies; 0.5 each when both are 0."""
+    energies = torch.stack([energy_a, energy_b], dim=1).clamp(min=0.0) + 1e-12
+    return energies / energies.sum(dim=1, keepdim=True)
+
+
+def exposure_weights(sources: Sequence[Tensor], sigma: float = 0.2) -> Tensor:
+    """Per-pixel weights (B, S, H, W) favouring well-exposed pixels: exp(-(I - 0.5)^2 / 2 sigma^2), normalised over S.
+
+    The well-exposedness measure of Mertens et al.'s exposure fusion; an unsupervised target for
+    multi-exposure pairs that have no reference image.
+    """
+    stacked = _stack_sources(sources).mean(dim=2)  # (B, S, H, W), channels averaged
+    scores = torch.exp(-((stacked - 0.5) ** 2) / (2 * sigma**2)) + 1e-12
+    return scores / scores.sum(dim=1, keepdim=True)
+
+
+class GradientEnergy(nn.Module):
+    """How much structure an image holds: mean squared Sobel gradient magnitude, averaged over a pyramid.
+
+    The offline default for weighting the sources of unsupervised fusion: no weights to download,
+    and several scales so that both fine texture and large structures count.
+
+    Args:
+        scales: Pyramid levels (2x2 average pooling between them).
+    """
+
+    def __init__(self, scales: int = 3) -> None:
+        super().__init__()
+        if scales < 1:
+            raise ValueError(f"scales must be at least 1, got {scales}")
+        self.scales = scales
+
+    @torch.no_grad()
+    def forward(self, image: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B,) energy."""
+        energy = image.new_zeros(image.shape[0])
+        for level in range(self.scales):
+            energy = energy + per_sample_mean(sobel_magnitude(image) ** 2)
+            if level < self.scales - 1:
+                image = F.avg_pool2d(image, 2)
+        return energy / self.scales
+
+
+def _imagenet_backbone(architecture: str) -> tuple[nn.Module, list[nn.Module]]:
+    """A randomly initialised torchvision ImageNet CNN and its feature stages (modules shared with it)."""
+    import torchvision.models as models  # imported here: only this option needs torchvision
+
+    if architecture == "densenet121":
+        model = models.densenet121(weights=None)
+        features = list(model.features.children())
+        # stem, then each dense block with the transition that follows it (as GIFNet's public code)
+        bounds = [(0, 4), (4, 6), (6, 8), (8, 10), (10, 11)]
+        return model, [nn.Sequential(*features[start:end]) for start, end in bounds]
+    if architecture == "resnet18":
+        model = models.resnet18(weights=None)
+        stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+        return model, [stem, model.layer1, model.layer2, model.layer3, model.layer4]
+    raise ValueError(f"unknown backbone architecture {architecture!r}; choose densenet121 or resnet18")
+
+
+class BackboneEnergy(nn.Module):
+    """Feature energy from a frozen ImageNet CNN: mean squared Sobel gradient of each stage's features, averaged.
+
+    GIFNet's public code weights infrared and visible sources this way with DenseNet-121. The weights
+    are read from a local file (the full ``state_dict`` of the torchvision model, e.g. saved with
+    ``torch.save(torchvision.models.densenet121(weights="DEFAULT").state_dict(), PATH)`` on a machine
+    with internet access); nothing is downloaded at run time.
+
+    Args:
+        weights_path: Local ``.pth`` file with the torchvision model's state_dict.
+        architecture: ``densenet121`` (as GIFNet) or ``resnet18`` (smaller).
+    """
+
+    def __init__(self, weights_path: str | Path, architecture: Literal["densenet121", "resnet18"] = "densenet121") -> None:
+        super().__init__()
+        path = Path(weights_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"backbone weights file {path} does not exist; save the torchvision {architecture} ImageNet "
+                f"state_dict there (torch.save(torchvision.models.{architecture}(weights='DEFAULT').state_dict(), "
+                f"'{path}') on a machine with internet access), or drop the backbone option to use the offline "
+                "image-gradient energy"
+            )
+        model, stages = _imagenet_backbone(architecture)
+        try:
+            # the stages share their modules with the full model, so loading it fills them
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except RuntimeError as error:
+            raise ValueError(f"{path} is not a state_dict of torchvision's {architecture}: {error}") from None
+        self.stages = nn.ModuleList(stages)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "BackboneEnergy":
+        """Always stays in eval mode: its batch-norm statistics are ImageNet's, not the batch's."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, image: Tensor) -> Tensor:
+        """(B, 1 or 3, H, W) in [0, 1] -> (B,) energy."""
+        features = (image.expand(-1, 3, -1, -1) - self.mean) / self.std
+        energy = image.new_zeros(image.shape[0])
+        for stage in self.stages:
+            features = stage(features)
+            energy = energy + per_sample_mean(sobel_magnitude(features) ** 2)
+        return energy / len(self.stages)
