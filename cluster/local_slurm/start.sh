@@ -9,7 +9,8 @@
 #
 # Everything (config, munge key and socket, state, spool, logs, pid files) lives under DIR, so the
 # cluster touches no system file and several can coexist. Ports: the controller listens on
-# UNIFUSE_SLURM_PORT (default 16817), the nodes on the next two ports. Run as root (e.g. in a
+# UNIFUSE_SLURM_PORT (default 26817, outside the 15000-24999 range Lightning derives
+# its MASTER_PORT from), the nodes on the next two ports. Run as root (e.g. in a
 # container or CI): slurmd starts job steps as the submitting user, which needs root.
 # Needs Debian's slurmctld, slurmd and munge packages: cluster/install_slurm.sh installs them.
 set -euo pipefail
@@ -19,7 +20,7 @@ project_root=$(cd "$script_dir/../.." && pwd)
 cluster_dir=${1:-$project_root/.cache/slurm}
 mkdir -p "$cluster_dir"
 cluster_dir=$(cd "$cluster_dir" && pwd)
-controller_port=${UNIFUSE_SLURM_PORT:-16817}
+controller_port=${UNIFUSE_SLURM_PORT:-26817}
 node_names=(node1 node2)
 ready_timeout_s=30
 

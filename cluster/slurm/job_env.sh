@@ -1,0 +1,66 @@
+# Sourced by the batch scripts in cluster/slurm/ (on the job's first node): the project root, its
+# virtual environment and caches, the run name and the rendezvous address every task needs.
+#
+# Knobs (environment variables set when calling sbatch; sbatch passes the environment on):
+#   UNIFUSE_ROOT  project root (default: the directory sbatch was called from)
+#   RECIPE        recipe module under recipes/ (default: gifnet)
+#   CONFIG        recipe config (default: recipes/configs/$RECIPE.yaml)
+#   RUN_NAME      run directory name (default: <job name>-<job id>, which a requeued job keeps,
+#                 so it resumes in the same run directory and the same W&B run)
+#   MASTER_ADDR   rendezvous address (default: the SLURM NodeAddr of the job's first node)
+#   PYTHON        interpreter (default: python of the project's .venv when there is one)
+
+project_root=${UNIFUSE_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
+# sbatch runs a copy of the script from its spool directory, so the project is found from where
+# the job was submitted, not from the script's own path.
+if [[ ! -d $project_root/recipes || ! -d $project_root/cluster ]]; then
+    echo "job_env.sh: $project_root is not the unifuse project root; submit from the project root or set UNIFUSE_ROOT" >&2
+    exit 1
+fi
+cd "$project_root"
+
+if [[ -z ${PYTHON:-} ]]; then
+    if [[ -x .venv/bin/python ]]; then
+        PYTHON=$project_root/.venv/bin/python
+    else
+        PYTHON=python
+    fi
+fi
+
+# Caches inside the project, as `make` sets them; values set by the caller win.
+: "${XDG_CACHE_HOME:=$project_root/.cache}"
+: "${MPLCONFIGDIR:=$project_root/.cache/matplotlib}"
+: "${TORCH_EXTENSIONS_DIR:=$project_root/.cache/torch_extensions}"
+: "${TORCH_HOME:=$project_root/.cache/torch}"
+: "${HF_HOME:=$project_root/.cache/huggingface}"
+: "${WANDB_CACHE_DIR:=$project_root/.cache/wandb}"
+: "${WANDB_CONFIG_DIR:=$project_root/.cache/wandb-config}"
+: "${WANDB_MODE:=offline}"
+export XDG_CACHE_HOME MPLCONFIGDIR TORCH_EXTENSIONS_DIR TORCH_HOME HF_HOME WANDB_CACHE_DIR WANDB_CONFIG_DIR WANDB_MODE
+export PYTHONUNBUFFERED=1
+
+RECIPE=${RECIPE:-gifnet}
+CONFIG=${CONFIG:-recipes/configs/$RECIPE.yaml}
+if [[ ! -f $CONFIG ]]; then
+    echo "job_env.sh: config $CONFIG not found (relative to $project_root); set CONFIG to a file in recipes/configs/" >&2
+    exit 1
+fi
+RUN_NAME=${RUN_NAME:-$SLURM_JOB_NAME-$SLURM_JOB_ID}
+
+# Lightning takes devices per node from --ntasks-per-node and refuses a bare --ntasks.
+if [[ -z ${SLURM_NTASKS_PER_NODE:-} ]]; then
+    echo "job_env.sh: submit with --ntasks-per-node=<GPUs per node> (Lightning rejects a bare --ntasks)" >&2
+    exit 1
+fi
+
+# Lightning would take the first node's *name* from SLURM_JOB_NODELIST, but a node name need not
+# resolve (it does not on the one-host test cluster); the address SLURM itself uses does.
+if [[ -z ${MASTER_ADDR:-} ]]; then
+    first_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    MASTER_ADDR=$(scontrol show node "$first_node" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)
+    MASTER_ADDR=${MASTER_ADDR:-$first_node}
+fi
+export MASTER_ADDR
+
+echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST: run $RUN_NAME," \
+     "recipe $RECIPE, config $CONFIG, $SLURM_JOB_NUM_NODES node(s) x ${SLURM_NTASKS_PER_NODE} task(s), master $MASTER_ADDR"

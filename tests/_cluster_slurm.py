@@ -1,0 +1,125 @@
+"""Test helpers: drive the one-host SLURM cluster of cluster/local_slurm/ from pytest.
+
+:class:`LocalSlurmCluster` starts the cluster on free ports in a folder of the test's choosing,
+submits batch scripts with ``sbatch``, reads job state with ``scontrol`` and stops exactly its own
+daemons. Failures carry the job's log and the controller's log, since a batch job's output is the
+only trace it leaves.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+LOCAL_SLURM = PROJECT_ROOT / "cluster" / "local_slurm"
+SBIN_PATH = "/usr/sbin:/sbin"  # where Debian puts slurmctld, slurmd and munged
+TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+
+
+def slurm_installed() -> bool:
+    """True when the SLURM daemons and munge are installed (cluster/install_slurm.sh puts them there)."""
+    path = f"{os.environ.get('PATH', '')}:{SBIN_PATH}"
+    return all(shutil.which(command, path=path) for command in ("slurmctld", "slurmd", "munged", "sbatch"))
+
+
+def free_port_block(count: int, first: int = 30000, last: int = 32000) -> int:
+    """The first port of ``count`` consecutive ports that nothing on this machine listens on now."""
+    for base in range(first, last - count):
+        try:
+            for port in range(base, base + count):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports in {first}..{last}")
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    """The last ``lines`` lines of a text file, or a note that it does not exist."""
+    if not path.is_file():
+        return f"<{path} does not exist>"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class LocalSlurmCluster:
+    """The two-node cluster of cluster/local_slurm/start.sh, state under ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}:{SBIN_PATH}", "SLURM_CONF": str(self.directory / "slurm.conf")}
+
+    def start(self) -> None:
+        """Start munged, slurmctld and two slurmd on free ports; returns when both nodes are idle."""
+        env = {**self.env, "UNIFUSE_SLURM_PORT": str(free_port_block(3))}
+        self._run([str(LOCAL_SLURM / "start.sh"), str(self.directory)], env=env, timeout=60)
+
+    def stop(self) -> None:
+        """Cancel the cluster's jobs and end its daemons (cluster/local_slurm/stop.sh)."""
+        self._run([str(LOCAL_SLURM / "stop.sh"), str(self.directory)], env=self.env, timeout=60)
+
+    def daemon_pids(self) -> dict[str, int]:
+        """Pid per daemon from the cluster's pid files (``munged``, ``slurmctld``, ``slurmd-node1``, ...)."""
+        return {path.stem: int(path.read_text().strip()) for path in sorted((self.directory / "run").glob("*.pid"))}
+
+    def command(self, *args: str, timeout: float = 30) -> str:
+        """Run a SLURM client command against this cluster; its stdout."""
+        return self._run(list(args), env=self.env, timeout=timeout)
+
+    def submit(
+        self,
+        script: Path,
+        sbatch_options: Sequence[str] = (),
+        script_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> int:
+        """``sbatch`` a script from the project root (as a user would); the job id."""
+        output = self._run(
+            ["sbatch", "--parsable", *sbatch_options, str(script), *script_args],
+            env={**self.env, **(env or {})},
+            cwd=PROJECT_ROOT,
+            timeout=30,
+        )
+        return int(output.strip().split(";")[0])
+
+    def job(self, job_id: int) -> dict[str, str]:
+        """``scontrol show job``'s fields of a job (JobState, Restarts, Reason, ExitCode, ...)."""
+        text = self.command("scontrol", "--oneliner", "show", "job", str(job_id))
+        return dict(re.findall(r"(\w+)=(\S*)", text))
+
+    def wait_for(self, job_id: int, condition: Callable[[dict[str, str]], bool], timeout: float, what: str, log: Path) -> dict[str, str]:
+        """Poll the job until ``condition(fields)`` holds; fail with the job's and controller's logs after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            fields = self.job(job_id)
+            if condition(fields):
+                return fields
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id}: {what} not reached in {timeout:.0f}s; now {fields.get('JobState')}\n{self.report(log)}")
+            time.sleep(0.5)
+
+    def wait_until_done(self, job_id: int, timeout: float, log: Path) -> dict[str, str]:
+        """Wait for the job to end; assert it COMPLETED with exit code 0, else show its logs."""
+        fields = self.wait_for(job_id, lambda f: f.get("JobState") in TERMINAL_STATES, timeout, "the end", log)
+        assert fields["JobState"] == "COMPLETED" and fields["ExitCode"] == "0:0", (
+            f"job {job_id} ended {fields['JobState']} with exit code {fields['ExitCode']}\n{self.report(log)}"
+        )
+        return fields
+
+    def report(self, log: Path) -> str:
+        """The job log's and the controller log's tails, for failure messages."""
+        return f"--- job log {log}:\n{tail(log)}\n--- slurmctld log:\n{tail(self.directory / 'log' / 'slurmctld.log', 20)}"
+
+    @staticmethod
+    def _run(command: list[str], env: Mapping[str, str], timeout: float, cwd: Path | None = None) -> str:
+        result = subprocess.run(command, env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result.stdout

@@ -1,0 +1,34 @@
+"""Test-only: Lightning's DeepSpeed strategy on CPU processes, so ZeRO runs on a machine without GPUs.
+
+``DeepSpeedStrategy`` refuses every accelerator but CUDA and checks that device indices match the
+local ranks. On CPU neither applies: this subclass sets the environment up as ``DDPStrategy`` does
+(torch.distributed over gloo, which ``deepspeed.initialize`` then reuses) and reports
+``cpu:<local rank>`` as its root device (DeepSpeed reads the index as the local rank; tensors on
+``cpu:N`` are ordinary CPU tensors). Everything else — ZeRO partitioning, sharded checkpoints — is
+DeepSpeed's own code path. DeepSpeed compiles its shared-memory communication op for the CPU once
+into ``$TORCH_EXTENSIONS_DIR`` (``<project>/.cache/torch_extensions`` under ``make`` and pytest).
+
+Select it on the command line: ``--trainer.strategy=tests._deepspeed_cpu.CPUDeepSpeedStrategy``.
+"""
+
+from __future__ import annotations
+
+import torch
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy
+
+
+class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+    """DeepSpeed ZeRO through Lightning on CPU processes (tests only)."""
+
+    def setup_environment(self) -> None:
+        """DDP's set-up, without DeepSpeedStrategy's CUDA-only check."""
+        DDPStrategy.setup_environment(self)
+
+    def setup_distributed(self) -> None:
+        """torch.distributed as under DDP (gloo on CPU), without the CUDA device-index check."""
+        DDPStrategy.setup_distributed(self)
+
+    @property
+    def root_device(self) -> torch.device:
+        """``cpu:<local rank>``: DeepSpeed takes the index as the process's local rank."""
+        return torch.device("cpu", self.local_rank)
