@@ -1,0 +1,586 @@
+"""GIFNet: three branches that let low-level fusion tasks interact (CVPR 2025), and its LightningModule.
+
+The network (:class:`GIFNet`), with the published sizes as constructor defaults (0.82 M parameters):
+
+- A shared encoder on the two sources' luminance stacked as 2 channels: densely connected 3x3
+  conv + ReLU layers (reflect padding); its output concatenates the input and every layer
+  (2 + 3 x 32 = 98 channels) at full resolution.
+- A reconstruction decoder (98 -> 64 -> 32 -> 16 -> 1, sigmoid) that rebuilds the second source
+  from the shared features: an auxiliary task that keeps the features general.
+- Two task branches, infrared-visible (IVIF) and multi-focus (MFIF), each a 3x3 embedding and a
+  stack of windowed self-attention blocks, coupled by cross-fusion gating (see
+  :class:`CrossGatedBranches`), and a shared 3x3 un-embedding.
+- A global decoder: concat(encoder features, branch features) -> 1x1 convs -> 3x3 convs -> 1
+  channel, tanh mapped to [0, 1].
+
+Where this deliberately departs from the public implementation (each departure fixes a defect or
+makes inference cheaper without changing what is computed):
+
+- The reconstruction decoder ends in a sigmoid, so its output lives in [0, 1] like its target.
+- The branch that is not being trained for a sample (the "secondary" one) is computed without
+  gradients and enters the trained branch detached, so a loss never reaches the other branch's
+  parameters (the public code leaks gradients into it through the gating term).
+- The secondary branch is only run up to the last block whose output the trained branch reads.
+- Blocks normalise with a per-pixel LayerNorm instead of a norm over the whole image, so a tile
+  fuses the same as the full image around it (predict fuses large images in tiles).
+- ``branch_downsample`` can run the task branches at reduced resolution (``gifnet-fast``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from datamodules.schema import TASKS, task_id
+from lightning_modules.fusion import FusionModule
+from lightning_modules.losses import (
+    MS_SSIM_WEIGHTS,
+    BackboneEnergy,
+    GradientEnergy,
+    energy_weights,
+    exposure_weights,
+    gradient_loss,
+    intensity_loss,
+    ms_ssim_loss,
+    per_sample_mean,
+    ssim_loss,
+)
+
+IVIF_BRANCH = 0
+"""Index of the infrared-visible branch (the ``branch`` argument of :meth:`GIFNet.fuse_features`)."""
+MFIF_BRANCH = 1
+"""Index of the multi-focus branch; the public model fuses every task through it at inference."""
+BRANCHES: tuple[str, ...] = ("ivif", "mfif")
+
+
+def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A 3x3 convolution with reflect padding (no dark border in the fused image)."""
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode="reflect")
+
+
+def to_tokens(feature_map: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, H, W, C), contiguous; free when the map is in channels-last memory format."""
+    return feature_map.permute(0, 2, 3, 1).contiguous()
+
+
+def to_feature_map(tokens: Tensor) -> Tensor:
+    """(B, H, W, C) -> (B, C, H, W) as a channels-last view (no copy), the fast layout for CPU convs."""
+    return tokens.permute(0, 3, 1, 2)
+
+
+class DenseEncoder(nn.Module):
+    """Densely connected 3x3 conv + ReLU layers; the output concatenates the input and every layer.
+
+    Args:
+        in_channels: Channels of the stacked sources (2 luminance planes).
+        growth: Output channels of each layer.
+        layers: Number of layers.
+    """
+
+    def __init__(self, in_channels: int = 2, growth: int = 32, layers: int = 3) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(conv3x3(in_channels + index * growth, growth) for index in range(layers))
+        self.out_channels = in_channels + layers * growth
+
+    def forward(self, sources: Tensor) -> Tensor:
+        features = sources
+        for conv in self.layers:
+            features = torch.cat([features, F.relu(conv(features))], dim=1)
+        return features
+
+
+def conv_decoder(in_channels: int, hidden_channels: tuple[int, ...]) -> nn.Sequential:
+    """3x3 conv + ReLU layers through ``hidden_channels``, then a 3x3 conv to one channel (no activation)."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for width in hidden_channels:
+        layers += [conv3x3(channels, width), nn.ReLU(inplace=True)]
+        channels = width
+    layers.append(conv3x3(channels, 1))
+    return nn.Sequential(*layers)
+
+
+class RelativePositionBias(nn.Module):
+    """Attention bias of every query-key offset inside a window, predicted by a small MLP.
+
+    The MLP reads the log-spaced offset (sign(d) log(1 + |d|) per axis), so it is a smooth function of
+    the offset rather than a free table.
+
+    Args:
+        window_size: Side of the square attention window.
+        heads: Attention heads (one bias map each).
+        hidden: Hidden width of the MLP.
+    """
+
+    def __init__(self, window_size: int, heads: int, hidden: int = 256) -> None:
+        super().__init__()
+        axis = torch.arange(window_size)
+        coords = torch.stack(torch.meshgrid(axis, axis, indexing="ij")).flatten(1)  # (2, N)
+        offsets = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).float()  # (N, N, 2)
+        self.register_buffer("log_offsets", torch.sign(offsets) * torch.log1p(offsets.abs()), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, heads))
+
+    def forward(self) -> Tensor:
+        """The bias as an additive attention mask, (1, heads, N, N)."""
+        return self.mlp(self.log_offsets).permute(2, 0, 1).unsqueeze(0)
+
+
+class WindowAttentionBlock(nn.Module):
+    """Windowed self-attention with a depthwise conv on the values, then an MLP; both residual.
+
+    A shifted block reflect-pads the map by ``shift`` on the top/left (and ``window - shift`` on the
+    bottom/right) before cutting windows, so its windows straddle the unshifted block's borders;
+    no cyclic roll, so no attention mask is needed.
+
+    Args:
+        dim: Channels.
+        heads: Attention heads; ``dim`` must be divisible by it.
+        window_size: Side of the square attention window.
+        shift: Window offset in pixels (0 for an unshifted block).
+        mlp_ratio: Hidden width of the MLP relative to ``dim``.
+        value_kernel: Kernel of the depthwise conv on the values, added to the attention output.
+    """
+
+    def __init__(self, dim: int, heads: int, window_size: int, shift: int, mlp_ratio: float, value_kernel: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention dim {dim} is not divisible by heads={heads}")
+        if not 0 <= shift < window_size:
+            raise ValueError(f"shift {shift} must lie in [0, window_size={window_size})")
+        self.dim, self.heads, self.window_size, self.shift = dim, heads, window_size, shift
+        self.norm = nn.LayerNorm(dim)
+        self.query_key = nn.Linear(dim, 2 * dim)
+        self.value = nn.Linear(dim, dim)
+        self.value_conv = nn.Conv2d(dim, dim, value_kernel, padding=value_kernel // 2, groups=dim, padding_mode="reflect")
+        self.projection = nn.Linear(dim, dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+    def forward(self, tokens: Tensor, position_bias: Tensor, foreign_queries: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Run the block on (B, H, W, C) tokens.
+
+        Args:
+            tokens: Input, H and W multiples of the window.
+            position_bias: (1, heads, N, N) additive attention bias.
+            foreign_queries: Windowed queries of the other branch, used instead of this block's own
+                (cross-fusion gating); ``None`` uses its own.
+
+        Returns:
+            The output tokens and the windowed queries that were used, (B * windows, heads, N, C / heads).
+        """
+        batch, height, width, _ = tokens.shape
+        if height % self.window_size or width % self.window_size:
+            raise ValueError(
+                f"feature map {height}x{width} is not a multiple of the attention window {self.window_size}; "
+                "pad the input to GIFNet.size_multiple"
+            )
+        # intermediates are dropped as soon as they are used: at 640x480 each map is 120 MB
+        normed = self.norm(tokens)
+        query_weight, key_weight = self.query_key.weight.split(self.dim)
+        query_bias, key_bias = self.query_key.bias.split(self.dim)
+        # the other branch's queries replace this block's own, so those are not computed at all
+        queries = self._windows(F.linear(normed, query_weight, query_bias)) if foreign_queries is None else foreign_queries
+        keys = self._windows(F.linear(normed, key_weight, key_bias))
+        value = self.value(normed)
+        del normed
+        attended = F.scaled_dot_product_attention(queries, keys, self._windows(value), attn_mask=position_bias)
+        del keys
+        mixed = self._merge(attended, batch, height, width)
+        del attended
+        mixed = mixed + to_tokens(self.value_conv(to_feature_map(value)))
+        del value
+        tokens = tokens + self.projection(mixed)
+        del mixed
+        return tokens + self.mlp(tokens), queries
+
+    def _windows(self, tokens: Tensor) -> Tensor:
+        """(B, H, W, C) -> (B * windows, heads, window^2, C / heads), shifted by reflect padding."""
+        if self.shift:
+            pad = (self.shift, self.window_size - self.shift) * 2
+            tokens = F.pad(to_feature_map(tokens), pad, mode="reflect").permute(0, 2, 3, 1)
+        batch, height, width, channels = tokens.shape
+        size, heads = self.window_size, self.heads
+        windows = tokens.reshape(batch, height // size, size, width // size, size, heads, channels // heads)
+        return windows.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, heads, size * size, channels // heads)
+
+    def _merge(self, windows: Tensor, batch: int, height: int, width: int) -> Tensor:
+        """Inverse of :meth:`_windows`: back to (B, H, W, C), the shift padding cropped off."""
+        size, heads = self.window_size, self.heads
+        padded_height, padded_width = (height + size, width + size) if self.shift else (height, width)
+        tokens = windows.reshape(batch, padded_height // size, padded_width // size, heads, size, size, -1)
+        tokens = tokens.permute(0, 1, 4, 2, 5, 3, 6).reshape(batch, padded_height, padded_width, -1)
+        if self.shift:
+            tokens = tokens[:, self.shift : self.shift + height, self.shift : self.shift + width]
+        return tokens
+
+
+class CrossGatedBranches(nn.Module):
+    """The IVIF and MFIF task branches, coupled by cross-fusion gating.
+
+    For each sample one branch is *primary* (its output is returned, and it is trained) and the other
+    is *secondary* (a frozen helper for this sample). Both branches embed the shared features with
+    their own 3x3 conv and run their own attention blocks; block ``i`` of both shares one relative
+    position bias MLP. The coupling:
+
+    - in unshifted blocks the secondary branch attends with the primary branch's queries;
+    - after each unshifted block the primary branch adds ``gate[primary, i // 2]`` times the
+      secondary branch's features.
+
+    The secondary branch runs without gradients, only up to the last unshifted block (later blocks of
+    it are never read). The primary output goes through the shared 3x3 un-embedding.
+
+    Args:
+        dim: Channels of the shared features and of the branches.
+        heads: Attention heads.
+        window_size: Side of the square attention window.
+        depth: Attention blocks per branch; odd-numbered blocks are shifted by half a window.
+        mlp_ratio: MLP hidden width relative to ``dim``.
+        value_kernel: Kernel of the depthwise conv on the attention values.
+        position_hidden: Hidden width of the relative position bias MLP.
+        gate_init: Initial value of the gating scalars (alpha).
+        downsample: Run the branches at 1/downsample resolution (average-pooled in, bilinear
+            upsampled out); 1 keeps full resolution.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        window_size: int,
+        depth: int,
+        mlp_ratio: float,
+        value_kernel: int,
+        position_hidden: int,
+        gate_init: float,
+        downsample: int,
+    ) -> None:
+        super().__init__()
+        if depth < 1 or downsample < 1:
+            raise ValueError(f"branch depth ({depth}) and downsample ({downsample}) must be at least 1")
+        self.depth, self.downsample = depth, downsample
+        self.embed = nn.ModuleList(conv3x3(dim, dim) for _ in BRANCHES)
+        self.blocks = nn.ModuleList(
+            nn.ModuleList(
+                WindowAttentionBlock(dim, heads, window_size, 0 if index % 2 == 0 else window_size // 2, mlp_ratio, value_kernel)
+                for index in range(depth)
+            )
+            for _ in BRANCHES
+        )
+        self.position_biases = nn.ModuleList(RelativePositionBias(window_size, heads, position_hidden) for _ in range(depth))
+        self.gates = nn.Parameter(torch.full((len(BRANCHES), (depth + 1) // 2), float(gate_init)))
+        self.unembed = conv3x3(dim, dim)
+        # the secondary branch is read after unshifted blocks only: the last one is the last even index
+        self.secondary_depth = 2 * ((depth - 1) // 2) + 1
+
+    def forward(self, features: Tensor, primary: int) -> Tensor:
+        """(B, dim, H, W) shared features -> (B, dim, H, W) features of the ``primary`` branch."""
+        if primary not in (IVIF_BRANCH, MFIF_BRANCH):
+            raise ValueError(f"primary branch must be {IVIF_BRANCH} (ivif) or {MFIF_BRANCH} (mfif), got {primary}")
+        secondary = 1 - primary
+        if self.downsample > 1:
+            features = F.avg_pool2d(features, self.downsample)
+        tokens = to_tokens(self.embed[primary](features))
+        with torch.no_grad():
+            helper = to_tokens(self.embed[secondary](features))
+        for index in range(self.depth):
+            bias = self.position_biases[index]()
+            tokens, queries = self.blocks[primary][index](tokens, bias)
+            if index < self.secondary_depth:
+                with torch.no_grad():
+                    shared_queries = queries if index % 2 == 0 else None
+                    helper, _ = self.blocks[secondary][index](helper, bias, foreign_queries=shared_queries)
+            if index % 2 == 0:
+                tokens = tokens + self.gates[primary, index // 2] * helper
+        output = self.unembed(to_feature_map(tokens))
+        if self.downsample > 1:
+            output = F.interpolate(output, scale_factor=self.downsample, mode="bilinear", align_corners=False)
+        return output
+
+
+class GIFNet(nn.Module):
+    """The GIFNet network: shared encoder, reconstruction decoder, gated task branches, global decoder.
+
+    Args:
+        source_channels: Channels of each source (1: luminance).
+        encoder_growth: Output channels of each dense encoder layer.
+        encoder_layers: Dense encoder layers; the shared features have
+            ``2 * source_channels + encoder_layers * encoder_growth`` channels (98 by default).
+        reconstruction_channels: Hidden widths of the reconstruction decoder's 3x3 convs.
+        heads: Attention heads in the task branches.
+        window_size: Side of the square attention window.
+        branch_depth: Attention blocks per task branch (odd blocks shifted by half a window).
+        mlp_ratio: MLP hidden width relative to the feature channels.
+        value_kernel: Kernel of the depthwise conv on the attention values.
+        position_hidden: Hidden width of the relative position bias MLP.
+        gate_init: Initial value of the cross-fusion gating scalars.
+        branch_downsample: Run the task branches at 1/branch_downsample resolution (1 = full, as
+            published; 2 or 4 for speed).
+        decoder_pointwise_channels: Widths of the global decoder's 1x1 convs (each followed by ReLU).
+        decoder_channels: Hidden widths of the global decoder's 3x3 convs before the last one.
+    """
+
+    def __init__(
+        self,
+        source_channels: int = 1,
+        encoder_growth: int = 32,
+        encoder_layers: int = 3,
+        reconstruction_channels: tuple[int, ...] = (64, 32, 16),
+        heads: int = 2,
+        window_size: int = 8,
+        branch_depth: int = 2,
+        mlp_ratio: float = 2.0,
+        value_kernel: int = 5,
+        position_hidden: int = 256,
+        gate_init: float = 0.5,
+        branch_downsample: int = 1,
+        decoder_pointwise_channels: tuple[int, ...] = (98, 128),
+        decoder_channels: tuple[int, ...] = (64, 32, 16),
+    ) -> None:
+        super().__init__()
+        self.window_size, self.branch_downsample = window_size, branch_downsample
+        self.encoder = DenseEncoder(2 * source_channels, encoder_growth, encoder_layers)
+        dim = self.encoder.out_channels
+        self.reconstruction_decoder = conv_decoder(dim, tuple(reconstruction_channels))
+        self.branches = CrossGatedBranches(
+            dim, heads, window_size, branch_depth, mlp_ratio, value_kernel, position_hidden, gate_init, branch_downsample
+        )
+        pointwise: list[nn.Module] = []
+        channels = 2 * dim
+        for width in decoder_pointwise_channels:
+            pointwise += [nn.Conv2d(channels, width, 1, bias=False), nn.ReLU(inplace=True)]
+            channels = width
+        self.fusion_decoder = nn.Sequential(*pointwise, conv_decoder(channels, tuple(decoder_channels)))
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width of the inputs must be multiples of this (window x branch downsampling)."""
+        return self.window_size * self.branch_downsample
+
+    def encode(self, a: Tensor, b: Tensor) -> Tensor:
+        """(B, C, H, W) sources -> (B, dim, H, W) shared features, in channels-last memory format."""
+        if a.shape != b.shape:
+            raise ValueError(f"sources must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        height, width = a.shape[-2:]
+        if height % self.size_multiple or width % self.size_multiple:
+            raise ValueError(
+                f"input {height}x{width} is not a multiple of size_multiple={self.size_multiple}; "
+                "reflect-pad it first (lightning_modules.tiling.fuse_padded does)"
+            )
+        # channels-last makes every conv of the network about 3x faster on CPU (oneDNN's native layout)
+        stacked = torch.cat([a, b], dim=1).contiguous(memory_format=torch.channels_last)
+        return self.encoder(stacked)
+
+    def reconstruct(self, features: Tensor) -> Tensor:
+        """Shared features -> reconstruction of the second source, (B, 1, H, W) in [0, 1]."""
+        return torch.sigmoid(self.reconstruction_decoder(features))
+
+    def fuse_features(self, features: Tensor, branch: Tensor | int = MFIF_BRANCH) -> Tensor:
+        """Shared features -> fused image (B, 1, H, W) in [0, 1], each sample through its ``branch``.
+
+        Args:
+            features: Output of :meth:`encode`.
+            branch: The primary branch per sample ((B,) int tensor of :data:`IVIF_BRANCH` /
+                :data:`MFIF_BRANCH`), or one index for the whole batch.
+        """
+        groups = [branch] if isinstance(branch, int) else branch.unique().tolist()
+        if len(groups) == 1:
+            branch_features = self.branches(features, groups[0])
+        else:
+            branch_features = torch.empty_like(features)
+            for index in groups:
+                # samples are grouped by primary branch: one pass per group, no per-sample loop
+                members = (branch == index).nonzero().squeeze(1)
+                branch_features = branch_features.index_copy(0, members, self.branches(features[members], index))
+        fused = self.fusion_decoder(torch.cat([features, branch_features], dim=1))
+        return (torch.tanh(fused) + 1.0) / 2.0
+
+    def forward(self, a: Tensor, b: Tensor, branch: Tensor | int = MFIF_BRANCH) -> Tensor:
+        """Fuse two (B, 1, H, W) sources in [0, 1]; H and W multiples of :attr:`size_multiple`."""
+        return self.fuse_features(self.encode(a, b), branch)
+
+
+NETWORK_ARGUMENTS: tuple[str, ...] = tuple(name for name in inspect.signature(GIFNet).parameters if name != "source_channels")
+"""The :class:`GIFNet` sizes that :class:`GIFNetModule` takes as its own arguments (training is on luminance)."""
+
+
+class GIFNetModule(FusionModule):
+    """Trains :class:`GIFNet` on mixed-task batches, one optimizer step per batch.
+
+    Which branch a sample trains: tasks in ``ivif_branch_tasks`` through the IVIF branch, all
+    others through the MFIF branch (the other branch is a frozen helper for that sample, see
+    :class:`CrossGatedBranches`). Losses, each on its own samples (a batch mixes tasks):
+
+    - Samples with a target (``gt``: multi-focus, supervised multi-exposure, restoration):
+      fidelity of the fused image to it, ``l1 + ssim + gradient`` (logged ``<task>/fidelity_*``).
+    - Samples without one (infrared-visible, medical, NIR, unsupervised multi-exposure):
+      ``intensity`` (L1 to both sources, weighted) and ``gradient`` (L1 of the Sobel magnitude to the
+      per-pixel maximum of the sources'). The intensity weights come from the sources' feature
+      energy per sample (offline image-gradient energy, or a CNN backbone from a local weights
+      file); multi-exposure pairs use per-pixel well-exposedness instead, since which source is right
+      changes across the image.
+    - Every sample with a second source or a target: the reconstruction decoder rebuilds the second
+      source (for restoration samples, whose second source is the degraded input itself, the clean
+      target): ``recon/l1 + recon/ms_ssim`` (1 - MS-SSIM).
+
+    The total is the weighted sum of every term over all samples, divided by the batch size, so each
+    sample counts equally whatever its task. Logged terms are means over the samples they apply to.
+
+    Args:
+        encoder_growth: Output channels of each dense encoder layer.
+        encoder_layers: Dense encoder layers (shared features: 2 + layers x growth channels).
+        reconstruction_channels: Hidden widths of the reconstruction decoder.
+        heads: Attention heads in the task branches.
+        window_size: Side of the square attention window.
+        branch_depth: Attention blocks per task branch (odd ones shifted by half a window).
+        mlp_ratio: MLP hidden width relative to the feature channels.
+        value_kernel: Kernel of the depthwise conv on the attention values.
+        position_hidden: Hidden width of the relative position bias MLP.
+        gate_init: Initial value of the cross-fusion gating scalars.
+        branch_downsample: Run the task branches at 1/branch_downsample resolution (1 as
+            published; 2 or 4 for speed).
+        decoder_pointwise_channels: Widths of the global decoder's 1x1 convs.
+        decoder_channels: Hidden widths of the global decoder's 3x3 convs.
+        ivif_branch_tasks: Tasks trained through the IVIF branch; the rest train the MFIF branch.
+        inference_branch: Branch that fuses at validation, test and predict: ``mfif`` for every task
+            (as the public model), ``ivif``, or ``trained`` (each task through the branch it trains).
+        intensity_weight: Weight of the unsupervised intensity term.
+        gradient_weight: Weight of the unsupervised gradient term.
+        fidelity_l1_weight: Weight of the L1 distance to the target.
+        fidelity_ssim_weight: Weight of 1 - SSIM to the target.
+        fidelity_gradient_weight: Weight of the L1 distance of Sobel magnitudes to the target's.
+        reconstruction_l1_weight: Weight of the reconstruction's L1 distance.
+        reconstruction_ms_ssim_weight: Weight of the reconstruction's 1 - MS-SSIM.
+        ms_ssim_scales: Scales of MS-SSIM (at most 5; the standard exponents of the finest ones,
+            renormalised); the training crop side must exceed ``5 * 2 ** (scales - 1)`` pixels.
+        exposure_sigma: Width of the well-exposedness curve for unsupervised multi-exposure samples.
+        energy_scales: Pyramid levels of the offline image-gradient energy.
+        energy_backbone_weights: Local state_dict file of an ImageNet CNN whose feature energy weights
+            the sources instead (``None``: the offline image-gradient energy). A missing file stops the
+            run at start with instructions.
+        energy_backbone: Architecture of that CNN: ``densenet121`` (as GIFNet) or ``resnet18``.
+        **kwargs: Optimisation, validation and predict settings of :class:`FusionModule`.
+    """
+
+    def __init__(
+        self,
+        encoder_growth: int = 32,
+        encoder_layers: int = 3,
+        reconstruction_channels: tuple[int, ...] = (64, 32, 16),
+        heads: int = 2,
+        window_size: int = 8,
+        branch_depth: int = 2,
+        mlp_ratio: float = 2.0,
+        value_kernel: int = 5,
+        position_hidden: int = 256,
+        gate_init: float = 0.5,
+        branch_downsample: int = 1,
+        decoder_pointwise_channels: tuple[int, ...] = (98, 128),
+        decoder_channels: tuple[int, ...] = (64, 32, 16),
+        ivif_branch_tasks: tuple[str, ...] = ("ivif", "meif", "med", "nir"),
+        inference_branch: Literal["mfif", "ivif", "trained"] = "mfif",
+        intensity_weight: float = 1.0,
+        gradient_weight: float = 1.0,
+        fidelity_l1_weight: float = 1.0,
+        fidelity_ssim_weight: float = 0.5,
+        fidelity_gradient_weight: float = 1.0,
+        reconstruction_l1_weight: float = 1.0,
+        reconstruction_ms_ssim_weight: float = 1.0,
+        ms_ssim_scales: int = 5,
+        exposure_sigma: float = 0.2,
+        energy_scales: int = 3,
+        energy_backbone_weights: str | None = None,
+        energy_backbone: Literal["densenet121", "resnet18"] = "densenet121",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        self.network = GIFNet(**{name: self.hparams[name] for name in NETWORK_ARGUMENTS})
+        training_branch = [IVIF_BRANCH if task_name in ivif_branch_tasks else MFIF_BRANCH for task_name in TASKS]
+        for task_name in ivif_branch_tasks:
+            task_id(task_name)  # an unknown name fails here, listing the known ones
+        self.register_buffer("training_branch", torch.tensor(training_branch), persistent=False)
+        if inference_branch not in ("mfif", "ivif", "trained"):
+            raise ValueError(f"inference_branch must be mfif, ivif or trained, got {inference_branch!r}")
+        self.inference_branch = inference_branch
+        if not 1 <= ms_ssim_scales <= len(MS_SSIM_WEIGHTS):
+            raise ValueError(f"ms_ssim_scales must be 1..{len(MS_SSIM_WEIGHTS)}, got {ms_ssim_scales}")
+        exponents = MS_SSIM_WEIGHTS[:ms_ssim_scales]
+        self.ms_ssim_weights = tuple(weight / sum(exponents) for weight in exponents)
+        self.energy = GradientEnergy(energy_scales) if energy_backbone_weights is None else BackboneEnergy(energy_backbone_weights, energy_backbone)
+        self.loss_weights = {
+            "intensity": intensity_weight,
+            "gradient": gradient_weight,
+            "fidelity_l1": fidelity_l1_weight,
+            "fidelity_ssim": fidelity_ssim_weight,
+            "fidelity_gradient": fidelity_gradient_weight,
+            "l1": reconstruction_l1_weight,
+            "ms_ssim": reconstruction_ms_ssim_weight,
+        }
+        self.exposure_sigma = exposure_sigma
+
+    @property
+    def size_multiple(self) -> int:
+        return self.network.size_multiple
+
+    def fuse(self, a: Tensor, b: Tensor, task: Tensor) -> Tensor:
+        if self.inference_branch == "trained":
+            return self.network(a, b, self.training_branch[task])
+        return self.network(a, b, MFIF_BRANCH if self.inference_branch == "mfif" else IVIF_BRANCH)
+
+    def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        a, task = batch["a"], batch["task"]
+        has_b, has_gt = batch["has_b"], batch["has_gt"]
+        b = torch.where(has_b[:, None, None, None], batch["b"], a)
+        features = self.network.encode(a, b)
+        fused = self.network.fuse_features(features, self.training_branch[task])
+        reconstruction = self.network.reconstruct(features)
+
+        terms: list[tuple[str, Tensor, Tensor, bool]] = []  # name, per-sample values, their task ids, log per task
+        supervised = has_gt.nonzero().squeeze(1)
+        if supervised.numel():
+            fused_s, gt_s = fused[supervised], batch["gt"][supervised]
+            terms += [
+                ("fidelity_l1", per_sample_mean((fused_s - gt_s).abs()), task[supervised], True),
+                ("fidelity_ssim", ssim_loss(fused_s, gt_s), task[supervised], True),
+                ("fidelity_gradient", gradient_loss(fused_s, [gt_s]), task[supervised], True),
+            ]
+        unsupervised = (~has_gt).nonzero().squeeze(1)
+        if unsupervised.numel():
+            fused_u, a_u, b_u = fused[unsupervised], a[unsupervised], b[unsupervised]
+            terms += [
+                ("intensity", intensity_loss(fused_u, [a_u, b_u], self._source_weights(a_u, b_u, task[unsupervised])), task[unsupervised], True),
+                ("gradient", gradient_loss(fused_u, [a_u, b_u]), task[unsupervised], True),
+            ]
+        # the second source, or for a restoration sample (its b is its a) the clean target
+        target = torch.where(has_b[:, None, None, None], batch["b"], batch["gt"])
+        rebuilt = (has_b | has_gt).nonzero().squeeze(1)
+        if rebuilt.numel():
+            reconstruction_r, target_r = reconstruction[rebuilt], target[rebuilt]
+            terms += [
+                ("l1", per_sample_mean((reconstruction_r - target_r).abs()), task[rebuilt], False),
+                ("ms_ssim", ms_ssim_loss(reconstruction_r, target_r, self.ms_ssim_weights), task[rebuilt], False),
+            ]
+
+        total = fused.new_zeros(())
+        logged: dict[str, Tensor] = {}
+        for name, values, value_tasks, per_task in terms:
+            total = total + self.loss_weights[name] * values.sum()
+            if not per_task:
+                logged[f"recon/{name}"] = values.mean()
+                continue
+            for index in value_tasks.unique().tolist():
+                logged[f"{TASKS[index]}/{name}"] = values[value_tasks == index].mean()
+        logged["loss"] = total / a.shape[0]
+        return logged
+
+    def _source_weights(self, a: Tensor, b: Tensor, task: Tensor) -> Tensor:
+        """Intensity weights of the two sources for unsupervised samples: (B, 2, 1, 1), or (B, 2, H, W) with multi-exposure ones."""
+        energy = energy_weights(self.energy(a), self.energy(b))[:, :, None, None]
+        multi_exposure = (task == task_id("meif"))[:, None, None, None]
+        if not multi_exposure.any():
+            return energy
+        return torch.where(multi_exposure, exposure_weights([a, b], self.exposure_sigma), energy)

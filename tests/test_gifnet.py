@@ -1,0 +1,148 @@
+"""The GIFNet network: published size, shapes, cross-fusion gating, frozen secondary branch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_modules.gifnet import IVIF_BRANCH, MFIF_BRANCH, GIFNet
+
+TINY = dict(
+    encoder_growth=4,
+    encoder_layers=2,
+    reconstruction_channels=(8,),
+    heads=2,
+    window_size=4,
+    position_hidden=16,
+    decoder_pointwise_channels=(8,),
+    decoder_channels=(8,),
+)
+
+
+def tiny_network(**overrides: object) -> GIFNet:
+    torch.manual_seed(0)
+    return GIFNet(**{**TINY, **overrides}).eval()
+
+
+def sources(batch: int = 2, height: int = 16, width: int = 24, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 1, height, width, generator=generator), torch.rand(batch, 1, height, width, generator=generator)
+
+
+def test_default_size_matches_the_published_model() -> None:
+    network = GIFNet()
+    parameters = sum(parameter.numel() for parameter in network.parameters())
+    assert abs(parameters - 0.82e6) / 0.82e6 < 0.02, parameters
+    assert network.encoder.out_channels == 98
+    assert network.size_multiple == 8
+
+
+def test_full_size_network_fuses_and_reconstructs_in_unit_range() -> None:
+    torch.manual_seed(0)
+    network = GIFNet().eval()
+    a, b = sources(height=16, width=24)
+    with torch.no_grad():
+        features = network.encode(a, b)
+        fused = network.fuse_features(features)
+        rebuilt = network.reconstruct(features)
+    assert features.shape == (2, 98, 16, 24)
+    for image in (fused, rebuilt):
+        assert image.shape == (2, 1, 16, 24)
+        assert image.min() >= 0 and image.max() <= 1
+
+
+def test_sizes_must_be_multiples_of_the_window_times_downsampling() -> None:
+    network = tiny_network(branch_downsample=2)
+    assert network.size_multiple == 8
+    a, b = sources(height=16, width=24)
+    assert network(a, b).shape == (2, 1, 16, 24)
+    with pytest.raises(ValueError, match="size_multiple=8"):
+        network(*sources(height=12, width=24))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_branch_depths_and_downsampling_keep_the_shape(depth: int) -> None:
+    for downsample in (1, 2):
+        network = tiny_network(branch_depth=depth, branch_downsample=downsample)
+        a, b = sources(height=16, width=16)
+        assert network(a, b, IVIF_BRANCH).shape == (2, 1, 16, 16)
+
+
+def perturb_embedding(network: GIFNet, branch: int):
+    """Add noise to what a branch's attention blocks receive: its embedded input."""
+
+    def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        return output + torch.randn_like(output)
+
+    return network.branches.embed[branch].register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("primary", [IVIF_BRANCH, MFIF_BRANCH])
+def test_gating_couples_the_branches(primary: int) -> None:
+    """Changing the other branch's input changes this branch's output, through the gate alpha."""
+    network = tiny_network()
+    a, b = sources()
+    with torch.no_grad():
+        before = network(a, b, primary)
+        handle = perturb_embedding(network, 1 - primary)
+        after = network(a, b, primary)
+        network.branches.gates.zero_()
+        ungated = network(a, b, primary)
+        handle.remove()
+        ungated_clean = network(a, b, primary)
+    assert not torch.allclose(before, after, atol=1e-6)
+    # with the gates at zero the other branch no longer reaches this one
+    assert torch.allclose(ungated, ungated_clean)
+
+
+def test_secondary_branch_attends_with_the_primary_queries() -> None:
+    network = tiny_network()
+    a, b = sources()
+    captured: list[torch.Tensor] = []
+    secondary_block = network.branches.blocks[IVIF_BRANCH][0]
+    secondary_block.register_forward_hook(lambda module, inputs, output: captured.append(output[0]))
+    with torch.no_grad():
+        network(a, b, MFIF_BRANCH)
+        primary_queries = network.branches.blocks[MFIF_BRANCH][0].query_key.weight
+        primary_queries[: primary_queries.shape[0] // 2] += torch.randn_like(primary_queries[: primary_queries.shape[0] // 2])  # queries only
+        network(a, b, MFIF_BRANCH)
+    assert not torch.allclose(captured[0], captured[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("primary", [IVIF_BRANCH, MFIF_BRANCH])
+def test_a_loss_on_one_branch_never_reaches_the_other_branch(primary: int) -> None:
+    """The public code leaked gradients into the 'frozen' branch through the gating term."""
+    network = tiny_network().train()
+    a, b = sources()
+    network(a, b, primary).square().mean().backward()
+    branches = network.branches
+    for module in (branches.embed[1 - primary], branches.blocks[1 - primary]):
+        for parameter in module.parameters():
+            assert parameter.grad is None or not parameter.grad.any()
+    for module in (branches.embed[primary], branches.blocks[primary], network.encoder, branches.unembed):
+        assert any(parameter.grad is not None and parameter.grad.any() for parameter in module.parameters())
+    assert branches.gates.grad[primary].abs().sum() > 0
+    assert not branches.gates.grad[1 - primary].any()
+
+
+def test_a_mixed_batch_runs_each_sample_through_its_own_branch() -> None:
+    network = tiny_network()
+    a, b = sources(batch=3)
+    branch = torch.tensor([MFIF_BRANCH, IVIF_BRANCH, MFIF_BRANCH])
+    with torch.no_grad():
+        mixed = network(a, b, branch)
+        through_ivif = network(a, b, IVIF_BRANCH)
+        through_mfif = network(a, b, MFIF_BRANCH)
+    assert torch.allclose(mixed[1], through_ivif[1], atol=1e-6)
+    assert torch.allclose(mixed[[0, 2]], through_mfif[[0, 2]], atol=1e-6)
+    assert not torch.allclose(through_ivif, through_mfif)
+
+
+def test_samples_do_not_interact() -> None:
+    """Per-pixel norms and per-window attention: a sample's fusion does not depend on its batch."""
+    network = tiny_network()
+    a, b = sources(batch=2)
+    with torch.no_grad():
+        together = network(a, b)
+        alone = network(a[:1], b[:1])
+    assert torch.allclose(together[:1], alone, atol=1e-6)

@@ -1,0 +1,168 @@
+"""GIFNetModule: per-task losses on their own samples, one optimizer step per mixed batch, fusing."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules.schema import DEGRADATIONS, TASK_IDS, collate
+from lightning_modules.gifnet import IVIF_BRANCH, MFIF_BRANCH, NETWORK_ARGUMENTS, GIFNet, GIFNetModule
+from lightning_modules.tiling import fuse_padded
+
+TINY = dict(
+    encoder_growth=4,
+    encoder_layers=2,
+    reconstruction_channels=(8,),
+    window_size=4,
+    position_hidden=16,
+    decoder_pointwise_channels=(8,),
+    decoder_channels=(8,),
+    ms_ssim_scales=3,
+    warmup_steps=0,
+)
+
+
+def tiny_module(**overrides: object) -> GIFNetModule:
+    torch.manual_seed(0)
+    return GIFNetModule(**{**TINY, **overrides})
+
+
+def mixed_batch(tasks: list[str], has_gt: list[bool], size: int = 32, seed: int = 0) -> dict:
+    """A collated batch; restoration samples have no b, as in the shards."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for task, with_gt in zip(tasks, has_gt):
+        image = lambda: torch.rand(1, size, size, generator=generator)  # noqa: E731
+        samples.append(
+            {
+                "a": image(),
+                "b": None if task == "restore" else image(),
+                "gt": image() if with_gt else None,
+                "task": TASK_IDS[task],
+                "degradation": torch.zeros(len(DEGRADATIONS)),
+            }
+        )
+    return collate(samples)
+
+
+MIX = (["ivif", "mfif", "meif", "med", "restore", "nir"], [False, True, False, False, True, False])
+
+
+def test_module_network_defaults_are_the_networks() -> None:
+    module_defaults = inspect.signature(GIFNetModule).parameters
+    for name, parameter in inspect.signature(GIFNet).parameters.items():
+        if name in NETWORK_ARGUMENTS:
+            assert module_defaults[name].default == parameter.default, name
+
+
+def test_each_task_gets_its_own_terms() -> None:
+    losses = tiny_module().training_losses(mixed_batch(*MIX))
+    expected = {
+        "loss",
+        "recon/l1",
+        "recon/ms_ssim",
+        *(f"{task}/{term}" for task in ("ivif", "meif", "med", "nir") for term in ("intensity", "gradient")),
+        *(f"{task}/fidelity_{term}" for task in ("mfif", "restore") for term in ("l1", "ssim", "gradient")),
+    }
+    assert set(losses) == expected
+    assert all(torch.isfinite(value) and value.dim() == 0 for value in losses.values())
+
+
+@pytest.mark.parametrize(
+    "term, samples_it_reaches",
+    [("mfif/fidelity_l1", {1}), ("ivif/intensity", {0}), ("meif/gradient", {2}), ("restore/fidelity_ssim", {4})],
+)
+def test_a_task_term_reaches_only_that_tasks_samples(term: str, samples_it_reaches: set[int]) -> None:
+    batch = mixed_batch(*MIX)
+    batch["a"].requires_grad_(True)
+    tiny_module().training_losses(batch)[term].backward()
+    reached = {index for index in range(len(MIX[0])) if batch["a"].grad[index].abs().sum() > 0}
+    assert reached == samples_it_reaches
+
+
+def test_reconstruction_targets_the_second_source_or_the_clean_image() -> None:
+    module = tiny_module()
+    batch = mixed_batch(["ivif", "restore"], [False, True])
+    losses = module.training_losses(batch)
+    with torch.no_grad():
+        b = torch.stack([batch["b"][0], batch["a"][1]])  # a restoration sample is fused with itself
+        rebuilt = module.network.reconstruct(module.network.encode(batch["a"], b))
+    target = torch.stack([batch["b"][0], batch["gt"][1]])
+    assert losses["recon/l1"].item() == pytest.approx((rebuilt - target).abs().mean().item(), rel=1e-5)
+
+
+def test_multi_exposure_samples_use_per_pixel_exposure_weights() -> None:
+    module = tiny_module()
+    batch = mixed_batch(["ivif", "meif"], [False, False])
+    weights = module._source_weights(batch["a"], batch["b"], batch["task"])
+    assert weights.shape == (2, 2, 32, 32)
+    assert torch.allclose(weights[0], weights[0, :, :1, :1].expand(2, 32, 32))  # ivif: one weight per source
+    assert weights[1].std(dim=(1, 2)).min() > 0  # meif: varies across the image
+
+
+def test_losses_decrease_when_overfitting_one_batch() -> None:
+    module = tiny_module()
+    batch = mixed_batch(*MIX)
+    optimizer = torch.optim.Adam(module.parameters(), lr=3e-3)
+    history = []
+    for _ in range(40):
+        losses = module.training_losses(batch)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        history.append({name: value.item() for name, value in losses.items()})
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+    for term in ("recon/l1", "mfif/fidelity_l1", "ivif/intensity"):
+        assert history[-1][term] < history[0][term], term
+
+
+def test_one_optimizer_step_per_mixed_batch(tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+
+    batches = [mixed_batch(*MIX, seed=seed) for seed in range(3)]
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(tiny_module(), train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    assert trainer.global_step == len(batches)
+
+
+def test_fuse_uses_the_configured_branch() -> None:
+    batch = mixed_batch(["ivif", "mfif"], [False, True])
+    a, b, task = batch["a"], batch["b"], batch["task"]
+    for inference_branch, expected_branches in (("mfif", [MFIF_BRANCH] * 2), ("ivif", [IVIF_BRANCH] * 2), ("trained", [IVIF_BRANCH, MFIF_BRANCH])):
+        module = tiny_module(inference_branch=inference_branch).eval()
+        with torch.no_grad():
+            fused = module.fuse(a, b, task)
+            expected = module.network(a, b, torch.tensor(expected_branches))
+        assert torch.equal(fused, expected)
+
+
+def test_odd_sizes_are_padded_by_the_caller() -> None:
+    module = tiny_module(branch_downsample=2).eval()
+    assert module.size_multiple == 8
+    generator = torch.Generator().manual_seed(3)
+    a, b = torch.rand(1, 1, 21, 35, generator=generator), torch.rand(1, 1, 21, 35, generator=generator)
+    with torch.no_grad():
+        fused = fuse_padded(module.fuse, a, b, torch.tensor([TASK_IDS["ivif"]]), module.size_multiple)
+        assert fused.shape == (1, 1, 21, 35)
+        with pytest.raises(ValueError, match="size_multiple"):
+            module.fuse(a, b, torch.tensor([TASK_IDS["ivif"]]))
+
+
+def test_bad_settings_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown task 'ivf'"):
+        tiny_module(ivif_branch_tasks=("ivf",))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        tiny_module(energy_backbone_weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="ms_ssim_scales"):
+        tiny_module(ms_ssim_scales=6)
