@@ -9,7 +9,8 @@ Events (each line has ``event``, ``rank``, ``world_size``, ``restart``: SLURM_RE
 - ``start``: training starts; ``global_step`` (0, or the step a resumed run restored) and, on
   rank 0, ``wandb_run_id`` (the logger's run id).
 - ``batch``: after each training batch; ``global_step`` and ``keys``: the sample keys it held.
-- ``end``: training ended; ``global_step`` and ``weights_sha256``: see :func:`weights_digest`.
+- ``end``: training ended; ``global_step`` and ``weights_sha256``: see :func:`weights_digest`
+  (of the full weights: ZeRO-3's partitioned parameters are gathered first).
 
 Select it on the command line: ``--trainer.callbacks+=tests._cluster_probe.TrainingProbe
 --trainer.callbacks.output_dir=DIR``. ``step_delay_s`` slows every step down so a test can
@@ -43,6 +44,17 @@ def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
         # Raw bytes, any dtype (bf16 has no numpy twin); reshape first as 0-d tensors cannot be viewed.
         digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state dict with whole tensors, gathering ZeRO-3 partitions (a collective: every rank calls it)."""
+    partitioned = [parameter for parameter in module.parameters() if hasattr(parameter, "ds_id")]
+    if not partitioned:
+        return module.state_dict()
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned):
+        return {name: tensor.clone() for name, tensor in module.state_dict().items()}
 
 
 class TrainingProbe(Callback):
@@ -80,12 +92,14 @@ class TrainingProbe(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._record(trainer, "batch", global_step=trainer.global_step, keys=list(batch["key"]))
+        # Batches of the sample contract (datamodules.schema) carry their keys; others record none.
+        keys = list(batch["key"]) if isinstance(batch, Mapping) and "key" in batch else None
+        self._record(trainer, "batch", global_step=trainer.global_step, keys=keys)
         if self.step_delay_s:
             time.sleep(self.step_delay_s)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record(trainer, "end", global_step=trainer.global_step, weights_sha256=weights_digest(pl_module.state_dict()))
+        self._record(trainer, "end", global_step=trainer.global_step, weights_sha256=weights_digest(full_state_dict(pl_module)))
 
 
 def read_events(output_dir: Path) -> dict[int, list[dict[str, Any]]]:
