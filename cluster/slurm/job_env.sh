@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the batch scripts in cluster/slurm/ (on the job's first node): the project root, its
 # virtual environment and caches, the run name and the rendezvous address every task needs.
 #
@@ -17,7 +18,7 @@ if [[ ! -d $project_root/recipes || ! -d $project_root/cluster ]]; then
     echo "job_env.sh: $project_root is not the unifuse project root; submit from the project root or set UNIFUSE_ROOT" >&2
     exit 1
 fi
-cd "$project_root"
+cd "$project_root" || exit 1
 
 if [[ -z ${PYTHON:-} ]]; then
     if [[ -x .venv/bin/python ]]; then
