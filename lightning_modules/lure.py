@@ -1,0 +1,307 @@
+"""LURE: degradation-aware fusion in a unified latent space, guided by text (the LightningModule).
+
+The network is in :mod:`lightning_modules.lure_net`; prompts come from :mod:`lightning_modules.text`.
+The paper's code is not public; this is our design from its stated facts:
+
+**Stage 1, the unified latent space.** Restoration pairs (degraded ``a``, clean ``gt``) of either
+modality. The encoder E maps an image and its prompt to a latent; the decoder D maps a latent to an
+image. For every pair
+
+- unified loss: ``|E(degraded, prompt) - sg(E(clean, clean prompt))|^2 / |sg(E(clean))|^2`` per
+  sample, a squared error relative to the target's energy so that shrinking all latents cannot
+  lower it; ``sg`` (stop-gradient) keeps the clean branch from being dragged toward the degraded one;
+- restoration: D(E(degraded)) against the clean image, and reconstruction: D(sg(E(clean))) against
+  the clean image (the decoder reads clean latents too). Both are ``L1 + ssim_weight (1 - SSIM) +
+  gradient_weight |grad|-L1`` (``lightning_modules.losses``);
+- pseudo-degradation: clean images of the batch (restoration targets, fusion targets, undegraded
+  fusion sources; all sources if a batch has none) are re-degraded on the fly with a random
+  synthetic kind and severity (:mod:`lightning_modules.pseudo_degradation`), prompted from the
+  prompt table accordingly, and take the same unified and restoration losses (weight
+  ``pseudo_weight``). Its degradations are known exactly and cover every modality in the mixture,
+  which steadies the alignment when real pairs are few or of one kind.
+
+The encoder adds a fixed identity path (the pixel-unshuffled input into the first 4 latent
+channels) that the decoder reads back, and the learned branches' last layers start at zero: the
+network starts as the identity, so restoration begins at the quality of its input and only has to learn the
+correction, which matters for mild degradations (JPEG, slight blur) on a short budget.
+
+**Stage 2, fusion rules in that space.** Pairs (``has_b``): both sources are encoded with the
+sample's prompt (no gradient into the encoder, whose space stage 1 defines), the fusion rules
+(soft per-pixel selection plus a text-guided residual) merge the two latents, D decodes. Losses:
+against ``gt`` where a pair has one (as restoration); otherwise unsupervised, against the decoder's
+restorations of the two sources (so degradations in the sources are not fusion targets):
+L1 to the per-pixel maximum (well-exposedness weights for multi-exposure pairs) plus the gradient
+term to the strongest source gradient, weight ``fusion_weight``. Restoration samples in the mixture
+keep the stage-1 losses.
+
+The stage follows the step (stage 1 for the first ``stage1_steps`` optimizer steps) unless
+``stage`` fixes it, e.g. to fine-tune stage 2 from a stage-1 checkpoint.
+
+**Prompts.** A sample's own prompt (shard metadata) is used with probability
+``sample_prompt_rate`` in training, else one composed from the prompt table (random paraphrases);
+evaluation uses the sample's own prompt when it has one, else the table's first paraphrases.
+``predict_prompt`` replaces every prompt at predict time. The prompt embeddings are cached and
+stored in the checkpoint, so predict needs no CLIP weights for prompts seen in training or in the
+table's evaluation prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+from typing import Any, Iterator, Literal
+
+import torch
+from torch import Tensor
+
+from datamodules.schema import DEGRADATIONS, TASK_IDS, TASKS
+from lightning_modules.fusion import FusionModule
+from lightning_modules.losses import exposure_weights, gradient_loss, intensity_loss, ssim_loss
+from lightning_modules.lure_net import LURENet, select_text
+from lightning_modules.pseudo_degradation import random_degradations
+from lightning_modules.text import PromptEncoder, PromptTable, TextEncoderConfig
+
+RESTORE = TASK_IDS["restore"]
+MEIF = TASK_IDS["meif"]
+NO_DEGRADATION = [0.0] * len(DEGRADATIONS)
+
+
+def relative_latent_error(latent: Tensor, target: Tensor) -> Tensor:
+    """Per-sample squared error of ``latent`` to ``target``, relative to the target's energy: (B,)."""
+    error = (latent - target).pow(2).flatten(1).mean(dim=1)
+    return error / target.pow(2).flatten(1).mean(dim=1).clamp_min(1e-6)
+
+
+class LUREModule(FusionModule):
+    """LURE: unified latent space from restoration pairs, fusion rules inside it, text-guided attention.
+
+    Args:
+        channels: Latent channels (the encoder's coarser levels use twice as many).
+        attention_heads: Heads of every text-guided attention block.
+        text_encoder: The frozen open_clip text tower and where its weights come from.
+        prompt_table: The prompt table YAML (default ``recipes/configs/prompts.yaml``).
+        sample_prompt_rate: Probability in training of using a sample's own prompt instead of one
+            composed from the table (0: always the table; evaluation prefers the sample's own if > 0).
+        predict_prompt: At predict time, this prompt for every image (``--model.predict_prompt``).
+        stage: Fix the training stage (1: unified space, 2: fusion rules); ``None`` switches from
+            1 to 2 after ``stage1_steps``.
+        stage1_steps: Optimizer steps of stage 1 when ``stage`` is ``None``.
+        unified_weight: Weight of the unified (latent alignment) loss.
+        pseudo_weight: Weight of the pseudo-degradation task's losses.
+        pseudo_fraction: Pseudo-degraded images per training batch, as a fraction of the batch size.
+        fusion_weight: Weight of the stage-2 fusion loss.
+        ssim_weight: Weight of (1 - SSIM) in the image losses.
+        gradient_weight: Weight of the gradient L1 term in the image losses.
+        **kwargs: The :class:`FusionModule` arguments (optimiser, validation metrics, predict tiling).
+    """
+
+    def __init__(
+        self,
+        channels: int = 32,
+        attention_heads: int = 2,
+        text_encoder: TextEncoderConfig | None = None,
+        prompt_table: str | None = None,
+        sample_prompt_rate: float = 0.5,
+        predict_prompt: str | None = None,
+        stage: Literal[1, 2] | None = None,
+        stage1_steps: int = 2000,
+        unified_weight: float = 1.0,
+        pseudo_weight: float = 0.5,
+        pseudo_fraction: float = 0.5,
+        fusion_weight: float = 1.0,
+        ssim_weight: float = 0.5,
+        gradient_weight: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if isinstance(text_encoder, dict):  # load_from_checkpoint passes the saved hyperparameters back as a dict
+            text_encoder = TextEncoderConfig(**text_encoder)
+        text_encoder = text_encoder or TextEncoderConfig()
+        if stage not in (None, 1, 2):
+            raise ValueError(f"stage must be 1, 2 or None (switch after stage1_steps), got {stage!r}")
+        if not 0.0 <= sample_prompt_rate <= 1.0:
+            raise ValueError(f"sample_prompt_rate must be in [0, 1], got {sample_prompt_rate}")
+        self.save_hyperparameters(ignore=["text_encoder"])
+        # a plain dict, so the checkpoint loads with torch.load(weights_only=True)
+        self.hparams["text_encoder"] = dataclasses.asdict(text_encoder)
+        self.text_encoder = PromptEncoder(text_encoder)
+        self.prompt_table = PromptTable.from_yaml(prompt_table)
+        self.net = LURENet(channels, self.text_encoder.token_dim, self.text_encoder.pooled_dim, attention_heads)
+        self.sample_prompt_rate = sample_prompt_rate
+        self.predict_prompt = predict_prompt
+        self.stage = stage
+        self.stage1_steps = stage1_steps
+        self.unified_weight = unified_weight
+        self.pseudo_weight = pseudo_weight
+        self.pseudo_fraction = pseudo_fraction
+        self.fusion_weight = fusion_weight
+        self.ssim_weight = ssim_weight
+        self.gradient_weight = gradient_weight
+        self.clean_prompt = self.prompt_table.prompt("restore", NO_DEGRADATION)
+        self._prompt_rng = random.Random(torch.initial_seed())
+        self._active_prompts: list[str] | None = None
+
+    # --------------------------------------------------------------------------------- prompts
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            # Fail before the first step when no text weights are at hand, and put every evaluation
+            # prompt into the cache, so the checkpoint can predict with them without CLIP weights.
+            self.text_encoder.load_tower()
+            self.text_encoder.encode(self.prompt_table.evaluation_prompts() + [self.clean_prompt])
+
+    def sample_prompts(self, batch: dict[str, Any], training: bool) -> list[str]:
+        """One prompt per sample: its own or one composed from the table (see the module docstring)."""
+        prompts = []
+        for own, task, severities in zip(batch["prompt"], batch["task"].tolist(), batch["degradation"].tolist()):
+            if training:
+                use_own = bool(own) and self._prompt_rng.random() < self.sample_prompt_rate
+                prompts.append(own if use_own else self.prompt_table.prompt(TASKS[task], severities, self._prompt_rng))
+            else:
+                use_own = bool(own) and self.sample_prompt_rate > 0
+                prompts.append(own if use_own else self.prompt_table.prompt(TASKS[task], severities))
+        return prompts
+
+    def embed(self, prompts: list[str], device: torch.device):
+        return self.text_encoder.encode(prompts, device)
+
+    @contextlib.contextmanager
+    def prompted(self, prompts: list[str]) -> Iterator[None]:
+        """Within this block :meth:`fuse` and :meth:`fuse_full_resolution` use ``prompts`` (one per sample).
+
+        Outside any block, ``fuse`` uses task-only prompts and ``fuse_full_resolution`` each sample's
+        evaluation prompt.
+        """
+        previous, self._active_prompts = self._active_prompts, list(prompts)
+        try:
+            yield
+        finally:
+            self._active_prompts = previous
+
+    # ------------------------------------------------------------------------------- inference
+    @property
+    def size_multiple(self) -> int:
+        return LURENet.size_multiple
+
+    def fuse(self, a: Tensor, b: Tensor, task: Tensor) -> Tensor:
+        prompts = self._active_prompts
+        if prompts is None:
+            prompts = [self.prompt_table.prompt(TASKS[t], NO_DEGRADATION) for t in task.tolist()]
+        return self.net(a, b, task != RESTORE, self.embed(prompts, a.device))
+
+    def fuse_full_resolution(self, batch: dict[str, Any]) -> Tensor:
+        """As the base, with each sample's evaluation prompt unless a :meth:`prompted` block sets them."""
+        if self._active_prompts is not None:
+            return super().fuse_full_resolution(batch)
+        with self.prompted(self.sample_prompts(batch, training=False)):
+            return super().fuse_full_resolution(batch)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        if not self.predict_prompt:
+            return super().predict_step(batch, batch_idx)
+        with self.prompted([self.predict_prompt] * batch["a"].shape[0]):
+            return super().predict_step(batch, batch_idx)
+
+    # -------------------------------------------------------------------------------- training
+    @property
+    def current_stage(self) -> int:
+        if self.stage is not None:
+            return self.stage
+        return 1 if self.global_step < self.stage1_steps else 2
+
+    def image_loss(self, image: Tensor, target: Tensor) -> Tensor:
+        """Per-sample L1 + SSIM + gradient fidelity of ``image`` to ``target``: (B,)."""
+        l1 = (image - target).abs().flatten(1).mean(dim=1)
+        return l1 + self.ssim_weight * ssim_loss(image, target) + self.gradient_weight * gradient_loss(image, [target])
+
+    def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        stage = self.current_stage
+        prompts = self.sample_prompts(batch, training=True)
+        losses = self.restoration_losses(batch, prompts)
+        if stage == 2:
+            losses.update(self.fusion_losses(batch, prompts))
+        losses["loss"] = (
+            self.unified_weight * (losses["unified"] + self.pseudo_weight * losses["pseudo_unified"])
+            + losses["restore"]
+            + losses["reconstruct"]
+            + self.pseudo_weight * losses["pseudo_restore"]
+            + self.fusion_weight * losses.get("fusion", torch.zeros((), device=self.device))
+        )
+        losses["stage"] = torch.tensor(float(stage))
+        return losses
+
+    def pseudo_clean_pool(self, batch: dict[str, Any]) -> Tensor:
+        """Clean images of the batch to re-degrade: targets and undegraded fusion sources (else all sources)."""
+        has_b, clean_sources = batch["has_b"], batch["degradation"].sum(dim=1) == 0
+        pool = [batch["gt"][batch["has_gt"]], batch["a"][clean_sources & has_b], batch["b"][clean_sources & has_b]]
+        clean = torch.cat(pool)
+        if clean.shape[0] == 0:
+            clean = torch.cat([batch["a"], batch["b"][has_b]])
+        return clean
+
+    def restoration_losses(self, batch: dict[str, Any], prompts: list[str]) -> dict[str, Tensor]:
+        """Unified, restoration and reconstruction losses on real pairs plus the pseudo-degradation task."""
+        is_pair = (batch["task"] == RESTORE) & batch["has_gt"]
+        real = is_pair.nonzero().squeeze(1)
+        pool = self.pseudo_clean_pool(batch)
+        count = min(pool.shape[0], math.ceil(self.pseudo_fraction * batch["a"].shape[0]))
+        pseudo_clean = pool[torch.randperm(pool.shape[0], device=pool.device)[:count]]
+        pseudo_degraded, pseudo_severities = random_degradations(pseudo_clean)
+        pseudo_prompts = [self.prompt_table.prompt("restore", s, self._prompt_rng) for s in pseudo_severities.tolist()]
+
+        degraded = torch.cat([batch["a"][real], pseudo_degraded])
+        clean = torch.cat([batch["gt"][real], pseudo_clean])
+        degraded_prompts = [prompts[i] for i in real.tolist()] + pseudo_prompts
+        latent_degraded = self.net.encode(degraded, self.embed(degraded_prompts, self.device))
+        with torch.no_grad():  # the stop-gradient branch: the clean prompt says nothing is wrong
+            latent_clean = self.net.encode(clean, self.embed([self.clean_prompt] * clean.shape[0], self.device))
+        unified = relative_latent_error(latent_degraded, latent_clean)
+        restored = self.image_loss(self.net.decode(latent_degraded), clean)
+        # the decoder also learns to read clean latents, so D(E(clean)) stays the clean image
+        reconstructed = self.image_loss(self.net.decode(latent_clean), clean)
+        real_count = real.shape[0]
+        zero = torch.zeros((), device=self.device)
+
+        def mean(values: Tensor) -> Tensor:
+            return values.mean() if values.numel() else zero
+
+        return {
+            "unified": mean(unified[:real_count]),
+            "restore": mean(restored[:real_count]),
+            "pseudo_unified": mean(unified[real_count:]),
+            "pseudo_restore": mean(restored[real_count:]),
+            "reconstruct": mean(reconstructed),
+        }
+
+    def fusion_losses(self, batch: dict[str, Any], prompts: list[str]) -> dict[str, Tensor]:
+        """Stage 2: fusion rules on the pairs of the batch, in the (fixed) unified space."""
+        pairs = ((batch["task"] != RESTORE) & batch["has_b"]).nonzero().squeeze(1)
+        if pairs.numel() == 0:
+            return {"fusion": torch.zeros((), device=self.device)}
+        text = select_text(self.embed(prompts, self.device), pairs)
+        a, b = batch["a"][pairs], batch["b"][pairs]
+        with torch.no_grad():
+            both = torch.arange(len(pairs), device=self.device).repeat(2)
+            latents = self.net.encode(torch.cat([a, b]), select_text(text, both))
+            restored_a, restored_b = self.net.decode(latents).clamp(0.0, 1.0).chunk(2)
+        latent_a, latent_b = latents.chunk(2)
+        fused = self.net.decode(self.net.fuse_latents(latent_a, latent_b, text))
+        has_gt = batch["has_gt"][pairs]
+        supervised = self.image_loss(fused, batch["gt"][pairs])
+        sources = [restored_a, restored_b]
+        # multi-exposure pairs without a target: well-exposedness weights, not the brighter source
+        is_exposure = batch["task"][pairs] == MEIF
+        intensity = torch.where(
+            is_exposure, intensity_loss(fused, sources, exposure_weights(sources)), intensity_loss(fused, sources)
+        )
+        unsupervised = intensity + self.gradient_weight * gradient_loss(fused, sources)
+        return {"fusion": torch.where(has_gt, supervised, unsupervised).mean()}
+
+    # ------------------------------------------------------------------------------ checkpoint
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["prompt_cache"] = self.text_encoder.cache_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "prompt_cache" in checkpoint:
+            self.text_encoder.load_cache_state(checkpoint["prompt_cache"])

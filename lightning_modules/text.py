@@ -1,0 +1,419 @@
+"""Prompts for text-guided models: a frozen open_clip text tower, an embedding cache, a prompt table.
+
+:class:`PromptEncoder` turns prompts into CLIP text embeddings, both the pooled vector and the
+per-token sequence (so image features can attend to individual words). The tower is frozen and kept
+out of the module tree on purpose: its weights are never optimised, never wrapped by DDP/DeepSpeed
+and never written to a checkpoint. What the model depends on is only the embeddings, so every
+distinct prompt is encoded once per run and cached, and the cache is what a checkpoint stores
+(:meth:`PromptEncoder.cache_state`). ``predict`` from a checkpoint therefore needs no CLIP weights
+for any prompt seen in training or listed in the prompt table.
+
+Weights come from, in this order: ``weights_file`` (a local open_clip / OpenAI CLIP checkpoint),
+the local cache of a ``pretrained`` tag (Hugging Face hub cache or open_clip's URL cache; nothing
+is ever downloaded), or ``random_init`` (deterministic random weights for tests and smoke runs;
+prompts then carry no language meaning). With none of them the run stops at once with a message
+saying how to provide weights.
+
+:class:`PromptTable` reads ``recipes/configs/prompts.yaml``: task phrases, and per degradation kind
+and severity the phrases that say what is wrong, with paraphrases. A sample's prompt is its task
+phrase followed by one phrase per degradation it carries, joined by ``"; "``. Training draws a random
+paraphrase of every part; evaluation always takes the first, so evaluation prompts are fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import random
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import open_clip
+import torch
+import yaml
+from open_clip.model import CLIPTextCfg, _build_text_tower, convert_to_custom_text_state_dict
+from open_clip.tokenizer import SimpleTokenizer
+from torch import nn
+
+from datamodules.schema import DEGRADATIONS, MAX_SEVERITY, TASKS
+
+DEFAULT_PROMPT_TABLE = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "prompts.yaml"
+
+# open_clip's preferred safetensors copy of a hub checkpoint is looked up before the pickle one.
+_HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+@dataclasses.dataclass
+class TextEncoderConfig:
+    """Which open_clip text tower encodes prompts, and where its weights come from.
+
+    Args:
+        model_name: An open_clip architecture name (``open_clip.list_models()``), e.g. ``ViT-B-32``.
+        pretrained: A pretrained tag of that architecture (``open_clip.list_pretrained_tags_by_model``)
+            whose weights are already in the local cache; nothing is downloaded.
+        weights_file: A local checkpoint file (open_clip or OpenAI CLIP format, ``.pt``/``.bin``/
+            ``.safetensors``); takes precedence over ``pretrained``.
+        cache_dir: Where to look for a tag's cached weights; ``None`` means the Hugging Face hub cache
+            (``$HF_HOME``) and ``~/.cache/clip`` for URL-hosted weights.
+        random_init: Use deterministic random weights instead (tests and smoke runs only).
+        random_init_seed: Seed of those random weights, so a resumed run encodes new prompts with
+            the same tower as the prompts cached in its checkpoint.
+        model_config: An inline open_clip model config (``embed_dim`` and ``text_cfg``) for an
+            architecture open_clip does not ship, e.g. a tiny tower for tests; replaces the config
+            looked up by ``model_name`` (which then only names it).
+        quick_gelu: Use QuickGELU activations (OpenAI's original weights need them); ``None`` takes
+            the setting from the model config or the pretrained tag.
+    """
+
+    model_name: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+    weights_file: str | None = None
+    cache_dir: str | None = None
+    random_init: bool = False
+    random_init_seed: int = 0
+    model_config: dict[str, Any] | None = None
+    quick_gelu: bool | None = None
+
+
+@dataclasses.dataclass
+class PromptEmbeddings:
+    """CLIP text embeddings of a batch of prompts.
+
+    ``pooled``: (B, D) projected sentence vectors; ``tokens``: (B, L, W) per-token features after the
+    tower's final LayerNorm, padded to the longest prompt; ``token_mask``: (B, L), True on real tokens.
+    """
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor
+    token_mask: torch.Tensor
+
+
+class TextWeightsUnavailable(RuntimeError):
+    """Raised when a prompt must be encoded and no text-tower weights are at hand."""
+
+
+class PromptEncoder(nn.Module):
+    """A frozen open_clip text tower behind a per-prompt embedding cache.
+
+    Args:
+        config: The tower and the source of its weights.
+    """
+
+    def __init__(self, config: TextEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.architecture = _architecture(config)
+        text_cfg = CLIPTextCfg(**self.architecture["text_cfg"])
+        if text_cfg.hf_model_name or text_cfg.hf_tokenizer_name:
+            raise ValueError(
+                f"text encoder {config.model_name!r} uses a Hugging Face text model or tokenizer, which would need a "
+                "download; choose an open_clip architecture with its own text transformer (e.g. ViT-B-32)"
+            )
+        self.tokenizer = SimpleTokenizer(context_length=text_cfg.context_length)
+        if text_cfg.vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(
+                f"text encoder {config.model_name!r}: text_cfg.vocab_size is {text_cfg.vocab_size}, but the CLIP BPE "
+                f"tokenizer has {self.tokenizer.vocab_size} tokens; set vocab_size to {self.tokenizer.vocab_size}"
+            )
+        self.pooled_dim = int(self.architecture["embed_dim"])
+        self.token_dim = int(text_cfg.width)
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Kept out of the module tree (see the module docstring); loaded on first need.
+        self.__dict__["_tower"] = None
+
+    # ------------------------------------------------------------------------------ the tower
+    @property
+    def identity(self) -> str:
+        """Names the tower and its weights; a cache is only valid for the tower that filled it."""
+        config = self.config
+        if config.weights_file:
+            source = f"file:{Path(config.weights_file).name}"
+        elif config.random_init or not config.pretrained:
+            source = f"random:{config.random_init_seed}"
+        else:
+            source = f"tag:{config.pretrained}"
+        return f"{config.model_name}/{source}"
+
+    def load_tower(self) -> nn.Module:
+        """Build the frozen text tower and load its weights (once); fails fast without weights."""
+        if self._tower is not None:
+            return self._tower
+        config = self.config
+        weights = None if config.random_init and not config.weights_file else _find_weights(config)
+        quick_gelu = config.quick_gelu
+        if quick_gelu is None:
+            tag_config = open_clip.get_pretrained_cfg(config.model_name, config.pretrained or "") if config.pretrained else {}
+            quick_gelu = bool(self.architecture.get("quick_gelu", False) or (tag_config or {}).get("quick_gelu", False))
+        text_cfg = {**self.architecture["text_cfg"], "output_tokens": True}
+        with torch.random.fork_rng(devices=[]):
+            # random weights depend on the seed only, so a resumed run has the same tower.
+            torch.manual_seed(config.random_init_seed)
+            tower = _build_text_tower(self.pooled_dim, text_cfg, quick_gelu=quick_gelu)
+        if weights is not None:
+            tower.load_state_dict(_text_state_dict(weights), strict=True)
+        tower.eval().requires_grad_(False)
+        self.__dict__["_tower"] = tower
+        return tower
+
+    # ------------------------------------------------------------------------------- encoding
+    @property
+    def cached_prompts(self) -> list[str]:
+        return list(self._cache)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], device: torch.device | str = "cpu") -> PromptEmbeddings:
+        """Embeddings of ``prompts`` on ``device``; prompts not in the cache are encoded (once) and cached."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            self._encode_into_cache(missing)
+        pooled = torch.stack([self._cache[p][0] for p in prompts])
+        token_list = [self._cache[p][1] for p in prompts]
+        longest = max(t.shape[0] for t in token_list)
+        tokens = pooled.new_zeros(len(prompts), longest, self.token_dim)
+        token_mask = torch.zeros(len(prompts), longest, dtype=torch.bool)
+        for index, sequence in enumerate(token_list):
+            tokens[index, : sequence.shape[0]] = sequence
+            token_mask[index, : sequence.shape[0]] = True
+        return PromptEmbeddings(pooled.to(device), tokens.to(device), token_mask.to(device))
+
+    def _encode_into_cache(self, prompts: list[str]) -> None:
+        try:
+            tower = self.load_tower()
+        except TextWeightsUnavailable as error:
+            shown = ", ".join(repr(p) for p in prompts[:3]) + (" ..." if len(prompts) > 3 else "")
+            raise TextWeightsUnavailable(
+                f"prompt(s) {shown} are not in the prompt cache of this model (a checkpoint holds the prompts it saw "
+                f"in training and the prompt table's evaluation prompts), so they must be encoded. {error}"
+            ) from None
+        device = next(tower.parameters()).device
+        token_ids = self.tokenizer(prompts).to(device)
+        pooled, tokens = tower(token_ids)
+        # SimpleTokenizer pads with id 0 after the end-of-text token; those positions carry nothing.
+        lengths = (token_ids != 0).sum(dim=1).tolist()
+        for prompt, vector, sequence, length in zip(prompts, pooled, tokens, lengths):
+            self._cache[prompt] = (vector.float().cpu(), sequence[:length].float().cpu())
+
+    # ------------------------------------------------------------------------ checkpoint state
+    def cache_state(self) -> dict[str, Any]:
+        """The cache as plain tensors and strings (what a checkpoint stores; safe for ``weights_only``)."""
+        prompts = list(self._cache)
+        lengths = [self._cache[p][1].shape[0] for p in prompts]
+        tokens = torch.zeros(len(prompts), max(lengths, default=0), self.token_dim)
+        for index, prompt in enumerate(prompts):
+            tokens[index, : lengths[index]] = self._cache[prompt][1]
+        pooled = torch.stack([self._cache[p][0] for p in prompts]) if prompts else torch.zeros(0, self.pooled_dim)
+        return {
+            "identity": self.identity,
+            "prompts": prompts,
+            "pooled": pooled,
+            "tokens": tokens,
+            "lengths": torch.tensor(lengths, dtype=torch.int64),
+        }
+
+    def load_cache_state(self, state: Mapping[str, Any]) -> None:
+        """Restore a cache written by :meth:`cache_state`, refusing one filled by another tower."""
+        if state["identity"] != self.identity:
+            raise ValueError(
+                f"the checkpoint's prompt cache was encoded by text tower {state['identity']!r}, but this model is "
+                f"configured with {self.identity!r}; use the text_encoder settings the checkpoint was trained with"
+            )
+        pooled, tokens, lengths = state["pooled"], state["tokens"], state["lengths"].tolist()
+        if pooled.shape[1:] != (self.pooled_dim,) or tokens.shape[2:] != (self.token_dim,):
+            raise ValueError(
+                f"the checkpoint's prompt cache has embedding sizes {tuple(pooled.shape[1:])}/{tuple(tokens.shape[2:])}, "
+                f"the configured text tower {self.pooled_dim}/{self.token_dim}"
+            )
+        self._cache = {
+            prompt: (pooled[index].float(), tokens[index, : lengths[index]].float())
+            for index, prompt in enumerate(state["prompts"])
+        }
+
+
+# ----------------------------------------------------------------------------- weight lookup
+def _architecture(config: TextEncoderConfig) -> dict[str, Any]:
+    architecture = config.model_config or open_clip.get_model_config(config.model_name)
+    if architecture is None:
+        raise ValueError(
+            f"unknown open_clip architecture {config.model_name!r}; pick one of open_clip.list_models() or give an "
+            "inline text_encoder.model_config with embed_dim and text_cfg"
+        )
+    missing = {"embed_dim", "text_cfg"} - set(architecture)
+    if missing:
+        raise ValueError(f"text_encoder.model_config for {config.model_name!r} lacks {', '.join(sorted(missing))}")
+    return dict(architecture)
+
+
+def _how_to_provide(config: TextEncoderConfig) -> str:
+    return (
+        "Runs are offline and never download weights. Provide them one of these ways: "
+        "--model.text_encoder.weights_file PATH (a local open_clip or OpenAI CLIP checkpoint); or put the weights of "
+        f"pretrained tag {config.pretrained!r} into the local cache (on a machine with internet: "
+        f"python -c \"import open_clip; open_clip.create_model('{config.model_name}', pretrained='{config.pretrained}', "
+        "cache_dir='DIR')\", copy DIR here and pass --model.text_encoder.cache_dir DIR); or, for smoke tests only, "
+        "--model.text_encoder.random_init true (random weights: prompts then carry no language meaning)."
+    )
+
+
+def _find_weights(config: TextEncoderConfig) -> Path:
+    """The local file holding the tower's weights; never touches the network."""
+    if config.weights_file:
+        path = Path(config.weights_file).expanduser()
+        if not path.is_file():
+            raise TextWeightsUnavailable(
+                f"text encoder weights file {str(path)!r} does not exist. {_how_to_provide(config)}"
+            )
+        return path
+    if not config.pretrained:
+        raise TextWeightsUnavailable(
+            f"text encoder {config.model_name!r} has neither weights_file nor pretrained tag. {_how_to_provide(config)}"
+        )
+    tag = open_clip.get_pretrained_cfg(config.model_name, config.pretrained)
+    if not tag:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(config.model_name)) or "none"
+        raise TextWeightsUnavailable(
+            f"{config.pretrained!r} is not a pretrained tag of {config.model_name!r} (known: {known}). "
+            f"{_how_to_provide(config)}"
+        )
+    for candidate in _cached_tag_files(tag, config.cache_dir):
+        if candidate.is_file():
+            return candidate
+    raise TextWeightsUnavailable(
+        f"the weights of {config.model_name!r} / {config.pretrained!r} are not in the local cache. {_how_to_provide(config)}"
+    )
+
+
+def _cached_tag_files(tag: Mapping[str, Any], cache_dir: str | None) -> Iterable[Path]:
+    """Where open_clip would have stored a tag's weights (hub cache, then URL cache)."""
+    hub_entry = tag.get("hf_hub", "")
+    if hub_entry:
+        from huggingface_hub import try_to_load_from_cache
+
+        # "org/model/" names the repository with open_clip's default file names; "org/model/file" one file.
+        repo_id, filename = os.path.split(hub_entry)
+        filenames = (filename,) if filename else _HUB_WEIGHT_FILES
+        for name in filenames:
+            found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+            if isinstance(found, str):
+                yield Path(found)
+    url = tag.get("url", "")
+    if url:
+        yield Path(cache_dir or Path("~/.cache/clip").expanduser()) / os.path.basename(url)
+
+
+def _text_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The text-tower part of a CLIP checkpoint, keyed as in open_clip's ``TextTransformer``."""
+    try:
+        state = open_clip.load_state_dict(str(path))
+    except Exception as pickle_error:  # OpenAI's original releases are TorchScript archives
+        try:
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception:
+            raise ValueError(f"cannot read text encoder weights from {str(path)!r}: {pickle_error}") from pickle_error
+    state = convert_to_custom_text_state_dict(state)
+    text_state = {key[len("text.") :]: value.float() for key, value in state.items() if key.startswith("text.")}
+    if not text_state:
+        raise ValueError(f"{str(path)!r} holds no CLIP text tower (no text_projection / text.* weights)")
+    return text_state
+
+
+# -------------------------------------------------------------------------------- prompt table
+class PromptTable:
+    """Task and degradation phrases (with paraphrases) that compose a sample's prompt.
+
+    Args:
+        tasks: Task name -> paraphrases of the task phrase; every task in ``TASKS``.
+        degradations: ``"default"`` -> kind -> severity -> paraphrases, covering every kind in
+            ``DEGRADATIONS`` and severity 1..``MAX_SEVERITY``; optional per-task entries (same
+            shape, any subset of kinds, all severities of a kind) word a kind for that task.
+        source: Where the table came from, for error messages.
+    """
+
+    def __init__(
+        self,
+        tasks: Mapping[str, Sequence[str]],
+        degradations: Mapping[str, Mapping[str, Mapping[int, Sequence[str]]]],
+        source: str = "<prompt table>",
+    ) -> None:
+        self.source = source
+        self.tasks = {task: _phrases(tasks.get(task), f"{source}: tasks.{task}") for task in TASKS}
+        unknown_tasks = set(tasks) - set(TASKS)
+        if unknown_tasks:
+            raise ValueError(f"{source}: unknown task(s) {sorted(unknown_tasks)} under tasks; known: {', '.join(TASKS)}")
+        if "default" not in degradations:
+            raise ValueError(f"{source}: degradations needs a 'default' entry covering every kind")
+        self.degradations: dict[str, dict[str, dict[int, list[str]]]] = {}
+        for scope, kinds in degradations.items():
+            if scope != "default" and scope not in TASKS:
+                raise ValueError(f"{source}: degradations.{scope} is neither 'default' nor a task ({', '.join(TASKS)})")
+            required = DEGRADATIONS if scope == "default" else ()
+            self.degradations[scope] = _severity_phrases(kinds, required, f"{source}: degradations.{scope}")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None) -> "PromptTable":
+        """Read a table file (default: ``recipes/configs/prompts.yaml``)."""
+        path = Path(path or DEFAULT_PROMPT_TABLE)
+        try:
+            record = yaml.safe_load(path.read_text())
+        except OSError as error:
+            raise FileNotFoundError(f"prompt table {str(path)!r} cannot be read: {error}") from None
+        if not isinstance(record, dict) or set(record) != {"tasks", "degradations"}:
+            raise ValueError(f"prompt table {str(path)!r} must be a mapping with exactly the keys 'tasks' and 'degradations'")
+        return cls(record["tasks"], record["degradations"], source=str(path))
+
+    def phrase_options(self, task: str, kind: str, severity: int) -> list[str]:
+        """Paraphrases saying that a ``task`` sample has ``kind`` at ``severity``."""
+        scope = self.degradations.get(task, {})
+        return (scope.get(kind) or self.degradations["default"][kind])[severity]
+
+    def prompt(self, task: str, severities: Sequence[float], rng: random.Random | None = None) -> str:
+        """The prompt of a sample: ``severities`` per kind in ``DEGRADATIONS`` order (0 = absent).
+
+        With ``rng`` each part is a random paraphrase (training); without, the first (evaluation).
+        """
+
+        def pick(options: list[str]) -> str:
+            return options[0] if rng is None else rng.choice(options)
+
+        parts = [pick(self.tasks[task])]
+        for kind, severity in zip(DEGRADATIONS, severities):
+            level = int(round(float(severity)))
+            if level > 0:
+                parts.append(pick(self.phrase_options(task, kind, min(level, MAX_SEVERITY))))
+        return "; ".join(parts)
+
+    def evaluation_prompts(self) -> list[str]:
+        """Every first-paraphrase prompt with at most one degradation (what evaluation asks for)."""
+        prompts = []
+        for task in TASKS:
+            prompts.append(self.prompt(task, [0.0] * len(DEGRADATIONS)))
+            for (index, _), severity in itertools.product(enumerate(DEGRADATIONS), range(1, MAX_SEVERITY + 1)):
+                severities = [0.0] * len(DEGRADATIONS)
+                severities[index] = float(severity)
+                prompts.append(self.prompt(task, severities))
+        return prompts
+
+
+def _phrases(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(f"{where} must be a non-empty list of non-empty strings")
+    return [v.strip() for v in value]
+
+
+def _severity_phrases(kinds: Any, required: Sequence[str], where: str) -> dict[str, dict[int, list[str]]]:
+    if not isinstance(kinds, dict):
+        raise ValueError(f"{where} must map degradation kinds to severities")
+    unknown = set(kinds) - set(DEGRADATIONS)
+    if unknown:
+        raise ValueError(f"{where}: unknown degradation kind(s) {sorted(unknown)}; known: {', '.join(DEGRADATIONS)}")
+    missing = [kind for kind in required if kind not in kinds]
+    if missing:
+        raise ValueError(f"{where}: missing degradation kind(s) {missing}")
+    table: dict[str, dict[int, list[str]]] = {}
+    for kind, by_severity in kinds.items():
+        if not isinstance(by_severity, dict) or set(by_severity) != set(range(1, MAX_SEVERITY + 1)):
+            raise ValueError(f"{where}.{kind} must give phrases for every severity 1..{MAX_SEVERITY}")
+        table[kind] = {severity: _phrases(phrases, f"{where}.{kind}.{severity}") for severity, phrases in by_severity.items()}
+    return table
