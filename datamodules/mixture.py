@@ -1,0 +1,683 @@
+"""The multi-task streaming LightningDataModule: a weighted mixture of shard sources.
+
+Training streams samples from several shard sources (each: shard URLs or brace patterns, a
+weight, optionally the task it must hold) and mixes them by weight, so one batch mixes tasks and
+carries per-sample task ids, ``has_b`` / ``has_gt`` flags and degradation severities (the batch
+contract is in :mod:`datamodules.schema`). Every sample gets one random crop shared by ``a``,
+``b`` and ``gt`` (decoded by window, see :mod:`datamodules.images`), the same random flips, and
+luminance (BT.601 Y) unless ``luminance=False``.
+
+Splitting is explicit. Each rank and each DataLoader worker of a rank is one *partition*
+(``rank * num_workers + worker``) with its own random stream.
+
+* ``resampled=True`` (training default): every partition draws shards at random, with
+  replacement, from each source; sources never run dry and the task mix follows the weights.
+* ``resampled=False``: each source's shards are dealt out to the partitions once (a fixed
+  assignment), so within an epoch no sample is read twice; a partition draws from its sources by
+  weight until each runs dry. The default epoch is one pass, as long as the smallest partition
+  allows, from the sample counts in the shards' ``index.json``; asking for more batches than that
+  starts a new pass and repeats samples.
+
+Either way every rank yields exactly ``batches_per_epoch`` batches (each worker its fixed share),
+so DDP never waits on a rank that ran dry. Batches are built inside the workers.
+
+A truncated shard or a corrupt member is skipped and counted, never fatal: the loader strips the
+per-worker counters that ride along with each batch, adds them up, logs a warning at the end of an
+epoch that skipped anything, and keeps them in :attr:`FusionDataModule.stream_stats`. Only a
+source with nothing readable at all stops the run, with a message that names it.
+
+Validation, test and predict read paired folders at full resolution (:mod:`datamodules.pairs`).
+With no ``sources`` the module uses the built-in demo set (:mod:`datamodules.demo`), building it on
+first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, get_worker_info
+
+from datamodules import images
+from datamodules.schema import TASKS, SampleMeta, collate, degradation_vector, task_id
+from datamodules.shards import StreamStats, expand_urls, iter_shard, parse_sample, shard_counts
+
+log = logging.getLogger(__name__)
+
+_STATS_KEY = "stream_stats"
+_WORKER_KEY = "stream_partition"
+
+
+@dataclasses.dataclass
+class ShardSource:
+    """One source of the training mixture.
+
+    Args:
+        urls: shard URLs: a brace pattern (``"data/ivif-{000000..000011}.tar"``), a list of them, a
+            shard folder or its ``index.json``.
+        weight: relative share of the samples drawn from this source.
+        task: if set, every sample must be of this task (checked against the index before
+            training and again per sample).
+        name: label used in logs and errors (default: the task or the first URL).
+    """
+
+    urls: str | list[str]
+    weight: float = 1.0
+    task: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ValueError(f"source {self.label}: weight must be positive, got {self.weight}")
+        if self.task is not None:
+            task_id(self.task)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.task or (self.urls if isinstance(self.urls, str) else self.urls[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Per-sample work
+
+
+_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _to_tensor(image: np.ndarray, luminance_only: bool) -> torch.Tensor:
+    """A (H, W[, 3]) uint8/uint16 array (any strides) as a (C, H, W) float32 tensor in [0, 1].
+
+    Luminance is computed in one pass from the integers (same BT.601 weights as
+    :func:`datamodules.schema.luminance`).
+    """
+    scale = np.float32(1.0 / (65535.0 if image.dtype == np.uint16 else 255.0))
+    if image.ndim == 2:
+        grey = torch.from_numpy(np.multiply(image, scale, dtype=np.float32))[None]
+        return grey if luminance_only else grey.expand(3, -1, -1).contiguous()
+    if luminance_only:
+        red, green, blue = _BT601 * scale
+        return torch.from_numpy(image[..., 0] * red + image[..., 1] * green + image[..., 2] * blue)[None]
+    return torch.from_numpy(np.multiply(image, scale, dtype=np.float32).transpose(2, 0, 1).copy())
+
+
+def crop_sample(
+    meta: SampleMeta,
+    members: dict[str, bytes],
+    rng: np.random.Generator,
+    crop_size: int,
+    flips: bool = True,
+    luminance_only: bool = True,
+    where: str = "sample",
+) -> dict[str, Any]:
+    """Decode one random ``crop_size`` window, shared by a, b and gt, with shared random flips.
+
+    Images smaller than the crop are first enlarged (bilinear) so that their short side fits it.
+    Raises :class:`ValueError` / :class:`~datamodules.images.ImageError` for a broken sample.
+    """
+    sizes = {role: images.png_size(data, f"{where}.{role}.png") for role, data in members.items()}
+    if len(set(sizes.values())) > 1:
+        raise images.ImageError(f"{where}: members differ in size {sizes}")
+    height, width = sizes["a"]
+    horizontal = flips and rng.random() < 0.5
+    vertical = flips and rng.random() < 0.5
+    tensors: dict[str, torch.Tensor] = {}
+    if height >= crop_size and width >= crop_size:
+        top = int(rng.integers(0, height - crop_size + 1))
+        left = int(rng.integers(0, width - crop_size + 1))
+        window = (top, left, crop_size, crop_size)
+        for role, data in members.items():
+            what = f"{where}.{role}.png"
+            if data[:8] == images.PNG_SIGNATURE:
+                array = images.decode_png(data, window, what=what)
+            else:
+                array = images.decode_image(data, what)[top : top + crop_size, left : left + crop_size]
+            if horizontal:
+                array = array[:, ::-1]
+            if vertical:
+                array = array[::-1]
+            tensors[role] = _to_tensor(array, luminance_only)
+    else:
+        scale = crop_size / min(height, width)
+        size = (max(crop_size, math.ceil(height * scale)), max(crop_size, math.ceil(width * scale)))
+        top = int(rng.integers(0, size[0] - crop_size + 1))
+        left = int(rng.integers(0, size[1] - crop_size + 1))
+        dims = [d for d, flag in ((-1, horizontal), (-2, vertical)) if flag]
+        for role, data in members.items():
+            tensor = _to_tensor(images.decode_image(data, f"{where}.{role}.png"), luminance_only)
+            tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0].clamp_(0, 1)
+            tensor = tensor[:, top : top + crop_size, left : left + crop_size]
+            tensors[role] = (tensor.flip(dims) if dims else tensor).contiguous()
+    return {
+        "a": tensors["a"],
+        "b": tensors.get("b"),
+        "gt": tensors.get("gt"),
+        "task": task_id(meta.task),
+        "degradation": degradation_vector(meta.degradations),
+        "prompt": meta.prompt or "",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The stream
+
+
+def split_by_partition(urls: Sequence[str], partition: int, partitions: int, seed: int) -> list[str]:
+    """The shards of ``partition`` out of ``partitions``: a fixed, seeded deal, disjoint and complete."""
+    order = np.random.default_rng([seed, 7919]).permutation(len(urls))
+    return [urls[i] for i in order[partition::partitions]]
+
+
+class MixtureStream(IterableDataset):
+    """Yields ready batches (dicts, see :mod:`datamodules.schema`) from a weighted mixture of sources.
+
+    Built by :class:`MixtureDataModule`; usable alone with a :class:`StreamLoader`. ``rank`` /
+    ``world_size`` split across processes, ``num_workers`` must equal the loader's.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[ShardSource],
+        batch_size: int,
+        crop_size: int,
+        batches_per_epoch: int | None = None,
+        resampled: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        flips: bool = True,
+        luminance: bool = True,
+        shuffle_buffer: int = 32,
+        max_consecutive_failures: int = 200,
+    ):
+        super().__init__()
+        if not sources:
+            raise ValueError("the mixture needs at least one source")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.sources = list(sources)
+        self.urls = [expand_urls(source.urls) for source in self.sources]
+        for source, urls in zip(self.sources, self.urls):
+            if not urls:
+                raise ValueError(f"source {source.label}: no shards in {source.urls!r}")
+        self.weights = np.array([source.weight for source in self.sources], dtype=np.float64)
+        self.batch_size = batch_size
+        self.crop_size = crop_size
+        self.resampled = resampled
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.flips = flips
+        self.luminance = luminance
+        self.shuffle_buffer = max(1, shuffle_buffer)
+        self.max_consecutive_failures = max_consecutive_failures
+        self.epoch = 0
+        self.partitions = world_size * max(1, num_workers)
+        self.batches_per_epoch = self._epoch_length(batches_per_epoch)
+
+    # -- sizing -------------------------------------------------------------------------------
+
+    def _partition_samples(self, partition: int, counts: dict[str, int]) -> int:
+        return sum(
+            counts[url] for urls in self.urls for url in split_by_partition(urls, partition, self.partitions, self.seed)
+        )
+
+    def one_pass_batches(self) -> int | None:
+        """Batches per rank in one non-resampled pass (the smallest partition decides); None without an index."""
+        counts = shard_counts([url for urls in self.urls for url in urls])
+        if counts is None:
+            return None
+        per_worker = min(self._partition_samples(p, counts) for p in range(self.partitions)) // self.batch_size
+        return per_worker * max(1, self.num_workers)
+
+    def _epoch_length(self, requested: int | None) -> int:
+        workers = max(1, self.num_workers)
+        if requested is not None:
+            if requested < workers:
+                raise ValueError(f"batches_per_epoch={requested} must be at least num_workers={workers}")
+            return requested
+        if not self.resampled:
+            one_pass = self.one_pass_batches()
+            if one_pass is None:
+                raise ValueError("without an index.json beside the shards, set batches_per_epoch")
+            if one_pass < workers:
+                raise ValueError(
+                    f"the shards cannot be split over {self.world_size} rank(s) x {workers} worker(s) without "
+                    f"resampling: the smallest share holds fewer than {self.batch_size} samples. Build more, smaller "
+                    f"shards (--maxcount), use fewer workers, or set resampled=True"
+                )
+            return one_pass
+        counts = shard_counts([url for urls in self.urls for url in urls])
+        if counts is None:
+            raise ValueError("without an index.json beside the shards, set batches_per_epoch")
+        total = sum(counts.values())
+        return max(workers, total // (self.batch_size * self.world_size))
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def worker_batches(self, worker: int) -> int:
+        workers = max(1, self.num_workers)
+        share, extra = divmod(self.batches_per_epoch, workers)
+        return share + (1 if worker < extra else 0)
+
+    # -- iteration ----------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if workers != max(1, self.num_workers):
+            raise RuntimeError(f"MixtureStream was built for {self.num_workers} workers but runs in {workers}")
+        epoch = self.epoch
+        self.epoch += 1  # a persistent worker's copy keeps counting by itself
+        partition = self.rank * workers + worker
+        rng = np.random.default_rng([self.seed, epoch, partition])
+        stats = StreamStats()
+        streams = [self._source_samples(index, partition, epoch, rng, stats) for index in range(len(self.sources))]
+        active = list(range(len(streams)))
+        failures = 0
+        batch: list[dict[str, Any]] = []
+        remaining = self.worker_batches(worker)
+        passes = 0
+        read_before_pass = 0
+        while remaining > 0:
+            if not active:  # every source ran dry (non-resampled): next pass
+                if stats.samples == read_before_pass:
+                    mine = [url for urls in self.urls for url in split_by_partition(urls, partition, self.partitions, self.seed)]
+                    raise RuntimeError(
+                        f"rank {self.rank} worker {worker}: nothing readable in its share of the shards ({len(mine)} of "
+                        f"{sum(len(urls) for urls in self.urls)}: {', '.join(mine[:4]) or 'none'}); build more shards "
+                        f"(--maxcount), use fewer workers, or set resampled=True. {stats.summary()}"
+                    )
+                read_before_pass = stats.samples
+                passes += 1
+                streams = [self._source_samples(i, partition, epoch + 1000 * passes, rng, stats) for i in range(len(streams))]
+                active = list(range(len(streams)))
+                stats.note(f"partition {partition}: data ran out before the epoch's end; pass {passes + 1} repeats samples")
+            weights = self.weights[active] / self.weights[active].sum()
+            chosen = active[int(rng.choice(len(active), p=weights))] if len(active) > 1 else active[0]
+            try:
+                meta, members, where = next(streams[chosen])
+            except StopIteration:
+                active.remove(chosen)
+                continue
+            try:
+                sample = crop_sample(meta, members, rng, self.crop_size, self.flips, self.luminance, where)
+            except (ValueError, images.ImageError) as error:
+                stats.skip(str(error))
+                failures += 1
+                if failures > self.max_consecutive_failures:
+                    raise RuntimeError(f"{failures} corrupt samples in a row, nothing readable: {stats.summary()}") from None
+                continue
+            failures = 0
+            sample["key"] = where
+            stats.samples += 1
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                out = collate(batch)
+                out[_STATS_KEY] = stats.to_dict()
+                out[_WORKER_KEY] = partition
+                batch = []
+                remaining -= 1
+                yield out
+
+    def _source_samples(
+        self, index: int, partition: int, epoch: int, rng: np.random.Generator, stats: StreamStats
+    ) -> Iterator[tuple[SampleMeta, dict[str, bytes], str]]:
+        """Parsed samples of one source through a shuffle buffer; infinite when resampled."""
+        source = self.sources[index]
+        urls = self.urls[index]
+        if self.resampled:
+            shards: Iterator[str] = (urls[int(rng.integers(len(urls)))] for _ in iter(int, 1))
+        else:
+            mine = split_by_partition(urls, partition, self.partitions, self.seed)
+            order = np.random.default_rng([self.seed, epoch, partition, index]).permutation(len(mine))
+            shards = iter([mine[i] for i in order])
+        buffer: list[tuple[SampleMeta, dict[str, bytes], str]] = []
+        empty_in_a_row = 0
+        limit = max(10, 3 * len(urls))
+        for url in shards:
+            good = 0
+            for raw in iter_shard(url, stats):
+                where = f"{url}#{raw['__key__']}"
+                try:
+                    meta, members = parse_sample(raw)
+                except ValueError as error:
+                    stats.skip(str(error))
+                    continue
+                if source.task is not None and meta.task != source.task:
+                    raise ValueError(f"source {source.label} is declared as task {source.task}, but {where} is {meta.task}")
+                good += 1
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append((meta, members, where))
+                    continue
+                slot = int(rng.integers(len(buffer)))
+                buffer[slot], item = (meta, members, where), buffer[slot]
+                yield item
+            empty_in_a_row = 0 if good else empty_in_a_row + 1
+            if self.resampled and empty_in_a_row >= limit:
+                raise RuntimeError(f"source {source.label}: no readable sample in {limit} shards in a row; {stats.summary()}")
+        order = rng.permutation(len(buffer))
+        for i in order:
+            yield buffer[i]
+
+
+# --------------------------------------------------------------------------------------------
+# The loader
+
+
+class StreamLoader(DataLoader):
+    """A DataLoader over a :class:`MixtureStream` that collects the skip counters from its workers.
+
+    Counters are folded in with every batch, so they are current even when the trainer stops at
+    ``len(loader)`` batches without exhausting the iterator. New problems are logged as warnings
+    when their batch arrives (the first 20 times an epoch), and each epoch that had any is summed
+    up once, at its end or when the next epoch starts.
+
+    ``epoch_fn`` gives the epoch to seed each pass with (the trainer's current epoch, so a resumed
+    run continues the random streams); by default the loader counts its own passes.
+    """
+
+    max_warnings_per_epoch = 20
+
+    def __init__(self, dataset: MixtureStream, epoch_fn: Callable[[], int] | None = None, **kwargs: Any):
+        kwargs.setdefault("num_workers", dataset.num_workers)
+        if kwargs["num_workers"] != dataset.num_workers:
+            raise ValueError("StreamLoader num_workers must match the MixtureStream's")
+        if kwargs["num_workers"] > 0:
+            kwargs.setdefault("worker_init_fn", _init_worker)
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self.epoch_fn = epoch_fn
+        self.passes = 0
+        self._finished = StreamStats()  # epochs already summed up
+        self._latest: dict[int, dict[str, Any]] = {}  # this epoch: the newest counters of each partition
+        self._epoch = 0
+        self._reported = 0
+        self._warnings = 0
+        self._summarised = True
+
+    @property
+    def epoch_stats(self) -> StreamStats:
+        """What the current (or last) epoch read and skipped, over all workers of this rank."""
+        stats = StreamStats()
+        for record in self._latest.values():
+            stats.add(StreamStats.from_dict(record))
+        return stats
+
+    @property
+    def total_stats(self) -> StreamStats:
+        """Everything this rank's loader read and skipped so far."""
+        stats = StreamStats(max_messages=self._finished.max_messages)
+        stats.add(self._finished)
+        stats.add(self.epoch_stats)
+        return stats
+
+    def _absorb(self, partition: int, record: dict[str, Any]) -> None:
+        self._latest[partition] = record
+        problems = sum(r["skipped_samples"] + r["broken_shards"] for r in self._latest.values())
+        if problems > self._reported:
+            self._reported = problems
+            self._summarised = False
+            if self._warnings < self.max_warnings_per_epoch:
+                self._warnings += 1
+                latest = record["messages"][-1] if record["messages"] else ""
+                log.warning("rank %d, epoch %d: %d corrupt sample(s) skipped and %d broken shard(s) so far; latest: %s",
+                            self.dataset.rank, self._epoch, *_counts(self._latest), latest)
+
+    def _close_epoch(self) -> None:
+        stats = self.epoch_stats
+        if not self._summarised and (stats.skipped_samples or stats.broken_shards):
+            log.warning("rank %d, epoch %d: %s", self.dataset.rank, self._epoch, stats.summary())
+        self._summarised = True
+        self._finished.add(stats)
+        self._latest = {}
+        self._reported = 0
+        self._warnings = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
+        self._close_epoch()  # the previous epoch, if the trainer left its iterator unfinished
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self.passes
+        self.passes += 1
+        self._epoch = epoch
+        self.dataset.epoch = epoch
+        for batch in super().__iter__():
+            self._absorb(int(batch.pop(_WORKER_KEY)), batch.pop(_STATS_KEY))
+            yield batch
+        stats = self.epoch_stats
+        if not self._summarised and (stats.skipped_samples or stats.broken_shards):
+            log.warning("rank %d, epoch %d: %s", self.dataset.rank, epoch, stats.summary())
+            self._summarised = True
+
+
+def _counts(latest: dict[int, dict[str, Any]]) -> tuple[int, int]:
+    return sum(r["skipped_samples"] for r in latest.values()), sum(r["broken_shards"] for r in latest.values())
+
+
+def _init_worker(worker: int) -> None:
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------------
+# The LightningDataModule
+
+
+def _distributed_position() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class FusionDataModule(pl.LightningDataModule):
+    """Weighted multi-task shard streaming for training; paired folders for validation, test, predict.
+
+    Args:
+        sources: the training mixture; ``None`` uses the built-in demo set (built on first use).
+        batch_size: samples per training batch (per rank).
+        crop_size: side of the square random crop shared by a, b and gt.
+        batches_per_epoch: batches every rank yields per epoch; ``None``: one pass over the data
+            (from the shard index: all samples / (batch_size x ranks) when resampled, the smallest
+            partition's share when not).
+        resampled: draw shards with replacement (training default); ``False`` reads each sample
+            at most once per epoch.
+        num_workers: DataLoader worker processes per rank.
+        shuffle_buffer: samples per source held (encoded) for shuffling in each worker; memory is
+            about buffer x sources x workers x the encoded size of a sample.
+        flips: random horizontal and vertical flips.
+        luminance: train on BT.601 luminance (1 channel); ``False`` keeps RGB (grey repeated).
+        seed: seed of every random choice (shards, mixing, crops, flips).
+        val_pairs: paired folders for validation (``None`` with the demo: its held-out split; with
+            explicit sources: no validation). Layouts in :mod:`datamodules.pairs`, e.g.
+            ``../shared/fusion-bench/pairs``.
+        test_pairs: paired folders for test.
+        predict_pairs: paired folders for predict.
+        pair_task: task of the pairs when a folder's layout does not say it (see :mod:`datamodules.pairs`).
+        eval_batch_size: pairs per validation/test/predict batch (1 unless all pairs share a size).
+        eval_workers: DataLoader workers for validation, test and predict.
+        demo_dir: where the demo set lives (default: ``data/demo`` in the project).
+        rank: this process's rank; ``None`` takes it from the trainer or torch.distributed.
+        world_size: number of ranks; ``None`` takes it from the trainer or torch.distributed.
+        pin_memory: pin batches in page-locked memory (for GPU training).
+    """
+
+    def __init__(
+        self,
+        sources: list[ShardSource] | None = None,
+        batch_size: int = 8,
+        crop_size: int = 256,
+        batches_per_epoch: int | None = None,
+        resampled: bool = True,
+        num_workers: int = 2,
+        shuffle_buffer: int = 32,
+        flips: bool = True,
+        luminance: bool = True,
+        seed: int = 0,
+        val_pairs: list[str] | None = None,
+        test_pairs: list[str] | None = None,
+        predict_pairs: list[str] | None = None,
+        pair_task: str | None = None,
+        eval_batch_size: int = 1,
+        eval_workers: int = 1,
+        demo_dir: str | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        self.sources = [source if isinstance(source, ShardSource) else ShardSource(**source) for source in sources] if sources else None
+        self.batch_size = batch_size
+        self.crop_size = crop_size
+        self.batches_per_epoch = batches_per_epoch
+        self.resampled = resampled
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer
+        self.flips = flips
+        self.luminance = luminance
+        self.seed = seed
+        self.val_pairs = _as_list(val_pairs)
+        self.test_pairs = _as_list(test_pairs)
+        self.predict_pairs = _as_list(predict_pairs)
+        self.pair_task = pair_task
+        self.eval_batch_size = eval_batch_size
+        self.eval_workers = eval_workers
+        self.demo_dir = demo_dir
+        self.rank = rank
+        self.world_size = world_size
+        self.pin_memory = pin_memory
+        self.train_stream: MixtureStream | None = None
+        self._train_loader: StreamLoader | None = None
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        if self.sources is None:
+            from datamodules import demo
+
+            demo.ensure_demo(self.demo_dir)
+
+    def _position(self) -> tuple[int, int]:
+        rank, world = _distributed_position()
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            rank, world = trainer.global_rank, trainer.world_size
+        return (self.rank if self.rank is not None else rank), (self.world_size if self.world_size is not None else world)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sources is None:
+            from datamodules import demo
+
+            root = demo.demo_root(self.demo_dir)
+            self.sources = demo.demo_sources(root)
+            if self.val_pairs is None:
+                self.val_pairs = [str(root / "val")]
+        if stage in (None, "fit") and self.train_stream is None:
+            self._check_tasks()
+            rank, world = self._position()
+            self.train_stream = MixtureStream(
+                self.sources,
+                batch_size=self.batch_size,
+                crop_size=self.crop_size,
+                batches_per_epoch=self.batches_per_epoch,
+                resampled=self.resampled,
+                rank=rank,
+                world_size=world,
+                num_workers=self.num_workers,
+                seed=self.seed,
+                flips=self.flips,
+                luminance=self.luminance,
+                shuffle_buffer=self.shuffle_buffer,
+            )
+
+    def _check_tasks(self) -> None:
+        """A source declared as one task whose index lists others is a configuration error."""
+        from datamodules.shards import read_index
+
+        for source in self.sources or []:
+            if source.task is None:
+                continue
+            folders = {Path(url).parent for url in expand_urls(source.urls) if "://" not in url and not url.startswith("pipe:")}
+            for folder in folders:
+                try:
+                    index = read_index(folder)
+                except (FileNotFoundError, ValueError):
+                    continue
+                names = {Path(url).name for url in expand_urls(source.urls)}
+                tasks = {task for shard in index["shards"] if shard["name"] in names for task in shard["tasks"]}
+                if tasks - {source.task}:
+                    raise ValueError(
+                        f"source {source.label} is declared as task {source.task}, but its shards in {folder} hold "
+                        f"{', '.join(sorted(tasks))}; fix the task or the URLs"
+                    )
+
+    # -- loaders ------------------------------------------------------------------------------
+
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.current_epoch if trainer is not None else (self._train_loader.passes if self._train_loader else 0)
+
+    def train_dataloader(self) -> StreamLoader:
+        if self.train_stream is None:
+            self.setup("fit")
+        assert self.train_stream is not None
+        self._train_loader = StreamLoader(
+            self.train_stream,
+            epoch_fn=self._epoch if getattr(self, "trainer", None) is not None else None,
+            pin_memory=self.pin_memory,
+            prefetch_factor=2 if self.num_workers > 0 else None,
+        )
+        return self._train_loader
+
+    def _pairs_loader(self, roots: list[str] | None, what: str) -> DataLoader:
+        if not roots:
+            raise ValueError(f"no {what} data: set data.{what}_pairs to paired folders (layouts in datamodules/pairs.py)")
+        from datamodules.pairs import PairFolderDataset
+
+        datasets = [PairFolderDataset(root, task=self.pair_task, key_prefix=Path(root).name if len(roots) > 1 else None) for root in roots]
+        dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.eval_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_pairs:
+            return []
+        return self._pairs_loader(self.val_pairs, "val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._pairs_loader(self.test_pairs, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._pairs_loader(self.predict_pairs, "predict")
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    @property
+    def stream_stats(self) -> StreamStats:
+        """Samples read and skipped (corrupt members, broken shards) by this rank's training stream so far."""
+        return self._train_loader.total_stats if self._train_loader is not None else StreamStats()
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return TASKS
+
+
+MixtureDataModule = FusionDataModule  # the name this module's docs and tests also use
+
+
+def _as_list(value: str | list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, (str, Path)) else [str(item) for item in value]
