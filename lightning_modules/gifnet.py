@@ -129,12 +129,28 @@ class RelativePositionBias(nn.Module):
         return self.mlp(self.log_offsets).permute(2, 0, 1).unsqueeze(0)
 
 
+def reflected_indices(start: int, stop: int, length: int, device: torch.device) -> Tensor:
+    """Indices ``start..stop-1`` along an axis of ``length``, reflected at its ends like ``F.pad(mode="reflect")``."""
+    indices = torch.arange(start, stop, device=device)
+    if length == 1:
+        return indices.zero_()
+    period = 2 * (length - 1)
+    indices = indices.remainder(period)
+    return torch.where(indices >= length, period - indices, indices)
+
+
 class WindowAttentionBlock(nn.Module):
     """Windowed self-attention with a depthwise conv on the values, then an MLP; both residual.
 
     A shifted block reflect-pads the map by ``shift`` on the top/left (and ``window - shift`` on the
     bottom/right) before cutting windows, so its windows straddle the unshifted block's borders;
     no cyclic roll, so no attention mask is needed.
+
+    The map is processed in horizontal strips of whole windows of about ``chunk_pixels`` tokens:
+    every full-resolution intermediate (norm, queries, keys, values, attention, MLP) then exists
+    for one strip at a time, which bounds memory and keeps allocations small enough to be reused
+    (a fresh 100 MB tensor costs more in page faults than the arithmetic done on it). The depthwise
+    conv reads a halo of rows around each strip, so strips give exactly the whole-map result.
 
     Args:
         dim: Channels.
@@ -143,34 +159,41 @@ class WindowAttentionBlock(nn.Module):
         shift: Window offset in pixels (0 for an unshifted block).
         mlp_ratio: Hidden width of the MLP relative to ``dim``.
         value_kernel: Kernel of the depthwise conv on the values, added to the attention output.
+        chunk_pixels: Tokens per strip (batch included); results do not depend on it.
     """
 
-    def __init__(self, dim: int, heads: int, window_size: int, shift: int, mlp_ratio: float, value_kernel: int) -> None:
+    def __init__(
+        self, dim: int, heads: int, window_size: int, shift: int, mlp_ratio: float, value_kernel: int, chunk_pixels: int = 1 << 16
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention dim {dim} is not divisible by heads={heads}")
         if not 0 <= shift < window_size:
             raise ValueError(f"shift {shift} must lie in [0, window_size={window_size})")
-        self.dim, self.heads, self.window_size, self.shift = dim, heads, window_size, shift
+        if value_kernel % 2 == 0:
+            raise ValueError(f"value_kernel must be odd, got {value_kernel}")
+        self.dim, self.heads, self.window_size, self.shift, self.chunk_pixels = dim, heads, window_size, shift, chunk_pixels
         self.norm = nn.LayerNorm(dim)
         self.query_key = nn.Linear(dim, 2 * dim)
         self.value = nn.Linear(dim, dim)
-        self.value_conv = nn.Conv2d(dim, dim, value_kernel, padding=value_kernel // 2, groups=dim, padding_mode="reflect")
+        self.value_conv = nn.Conv2d(dim, dim, value_kernel, groups=dim)  # padded by the strip logic (reflect)
         self.projection = nn.Linear(dim, dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
-    def forward(self, tokens: Tensor, position_bias: Tensor, foreign_queries: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, tokens: Tensor, position_bias: Tensor, foreign_queries: list[Tensor] | None = None
+    ) -> tuple[Tensor, list[Tensor]]:
         """Run the block on (B, H, W, C) tokens.
 
         Args:
             tokens: Input, H and W multiples of the window.
             position_bias: (1, heads, N, N) additive attention bias.
-            foreign_queries: Windowed queries of the other branch, used instead of this block's own
-                (cross-fusion gating); ``None`` uses its own.
+            foreign_queries: The other branch's windowed queries from the same block position (its
+                second return value), used instead of this block's own (cross-fusion gating).
 
         Returns:
-            The output tokens and the windowed queries that were used, (B * windows, heads, N, C / heads).
+            The output tokens and, per strip, the windowed queries that were used.
         """
         batch, height, width, _ = tokens.shape
         if height % self.window_size or width % self.window_size:
@@ -178,44 +201,64 @@ class WindowAttentionBlock(nn.Module):
                 f"feature map {height}x{width} is not a multiple of the attention window {self.window_size}; "
                 "pad the input to GIFNet.size_multiple"
             )
-        # intermediates are dropped as soon as they are used: at 640x480 each map is 120 MB
-        normed = self.norm(tokens)
-        query_weight, key_weight = self.query_key.weight.split(self.dim)
-        query_bias, key_bias = self.query_key.bias.split(self.dim)
-        # the other branch's queries replace this block's own, so those are not computed at all
-        queries = self._windows(F.linear(normed, query_weight, query_bias)) if foreign_queries is None else foreign_queries
-        keys = self._windows(F.linear(normed, key_weight, key_bias))
-        value = self.value(normed)
-        del normed
-        attended = F.scaled_dot_product_attention(queries, keys, self._windows(value), attn_mask=position_bias)
-        del keys
-        mixed = self._merge(attended, batch, height, width)
-        del attended
-        mixed = mixed + to_tokens(self.value_conv(to_feature_map(value)))
-        del value
-        tokens = tokens + self.projection(mixed)
-        del mixed
-        return tokens + self.mlp(tokens), queries
+        padding = self.window_size if self.shift else 0
+        strip_rows = self.window_size * max(1, self.chunk_pixels // (batch * (width + padding) * self.window_size))
+        outputs, used_queries = [], []
+        for index, top in enumerate(range(0, height + padding, strip_rows)):
+            bottom = min(top + strip_rows, height + padding)
+            foreign = None if foreign_queries is None else foreign_queries[index]
+            output, queries = self._strip(tokens, top, bottom, position_bias, foreign)
+            outputs.append(output)
+            used_queries.append(queries)
+        return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0], used_queries
+
+    def _strip(self, tokens: Tensor, top: int, bottom: int, position_bias: Tensor, foreign_queries: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Rows [top, bottom) of the shift-padded map -> the block output on the image rows they cover."""
+        batch, height, width, _ = tokens.shape
+        size, shift = self.window_size, self.shift
+        halo = self.value_conv.kernel_size[0] // 2
+        first, last = max(top - shift, 0), min(bottom - shift, height)  # image rows produced
+        row_base, left = top - shift - halo, max(shift, halo)  # image row / column of the first gathered one
+        window_width = width + size if shift else width
+        rows = reflected_indices(row_base, bottom - shift + halo, height, tokens.device)
+        columns = reflected_indices(-left, width + max(window_width - width - shift, halo), width, tokens.device)
+        # one gather makes the reflect shift padding of the windows and the conv's halo, rows and columns
+        normed = self.norm(tokens[:, rows[:, None], columns[None, :]])
+        window_rows, window_columns = slice(halo, halo + bottom - top), slice(left - shift, left - shift + window_width)
+        # projections run on the whole contiguous gather (a few halo tokens more) rather than on the
+        # strided window slice, which would cost a copy per projection
+        if foreign_queries is None:
+            query, key = self.query_key(normed).chunk(2, dim=-1)
+            queries = self._windows(query[:, window_rows, window_columns])
+            del query
+        else:  # the other branch's queries replace this block's own, so those are not computed at all
+            key = F.linear(normed, self.query_key.weight[self.dim :], self.query_key.bias[self.dim :])
+            queries = foreign_queries
+        keys = self._windows(key[:, window_rows, window_columns])
+        values = self.value(normed)
+        del normed, key
+        attended = F.scaled_dot_product_attention(
+            queries, keys, self._windows(values[:, window_rows, window_columns]), attn_mask=position_bias
+        )
+        attended = self._merge(attended, batch, bottom - top, window_width)
+        attended = attended[:, first - top + shift : last - top + shift, shift : shift + width]
+        conv_input = values[:, first - halo - row_base : last + halo - row_base, left - halo : left + width + halo]
+        local = F.conv2d(to_feature_map(conv_input), self.value_conv.weight, self.value_conv.bias, groups=self.dim)
+        output = tokens[:, first:last] + self.projection(attended + to_tokens(local))
+        return output + self.mlp(output), queries
 
     def _windows(self, tokens: Tensor) -> Tensor:
-        """(B, H, W, C) -> (B * windows, heads, window^2, C / heads), shifted by reflect padding."""
-        if self.shift:
-            pad = (self.shift, self.window_size - self.shift) * 2
-            tokens = F.pad(to_feature_map(tokens), pad, mode="reflect").permute(0, 2, 3, 1)
+        """(B, H, W, C), H and W multiples of the window -> (B * windows, heads, window^2, C / heads)."""
         batch, height, width, channels = tokens.shape
         size, heads = self.window_size, self.heads
         windows = tokens.reshape(batch, height // size, size, width // size, size, heads, channels // heads)
         return windows.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, heads, size * size, channels // heads)
 
     def _merge(self, windows: Tensor, batch: int, height: int, width: int) -> Tensor:
-        """Inverse of :meth:`_windows`: back to (B, H, W, C), the shift padding cropped off."""
+        """Inverse of :meth:`_windows`: (B * windows, heads, window^2, C / heads) -> (B, height, width, C)."""
         size, heads = self.window_size, self.heads
-        padded_height, padded_width = (height + size, width + size) if self.shift else (height, width)
-        tokens = windows.reshape(batch, padded_height // size, padded_width // size, heads, size, size, -1)
-        tokens = tokens.permute(0, 1, 4, 2, 5, 3, 6).reshape(batch, padded_height, padded_width, -1)
-        if self.shift:
-            tokens = tokens[:, self.shift : self.shift + height, self.shift : self.shift + width]
-        return tokens
+        tokens = windows.reshape(batch, height // size, width // size, heads, size, size, -1)
+        return tokens.permute(0, 1, 4, 2, 5, 3, 6).reshape(batch, height, width, -1)
 
 
 class CrossGatedBranches(nn.Module):
@@ -244,6 +287,7 @@ class CrossGatedBranches(nn.Module):
         gate_init: Initial value of the gating scalars (alpha).
         downsample: Run the branches at 1/downsample resolution (average-pooled in, bilinear
             upsampled out); 1 keeps full resolution.
+        chunk_pixels: Tokens per strip in the attention blocks (bounds memory; no effect on results).
     """
 
     def __init__(
@@ -257,6 +301,7 @@ class CrossGatedBranches(nn.Module):
         position_hidden: int,
         gate_init: float,
         downsample: int,
+        chunk_pixels: int,
     ) -> None:
         super().__init__()
         if depth < 1 or downsample < 1:
@@ -265,7 +310,9 @@ class CrossGatedBranches(nn.Module):
         self.embed = nn.ModuleList(conv3x3(dim, dim) for _ in BRANCHES)
         self.blocks = nn.ModuleList(
             nn.ModuleList(
-                WindowAttentionBlock(dim, heads, window_size, 0 if index % 2 == 0 else window_size // 2, mlp_ratio, value_kernel)
+                WindowAttentionBlock(
+                    dim, heads, window_size, 0 if index % 2 == 0 else window_size // 2, mlp_ratio, value_kernel, chunk_pixels
+                )
                 for index in range(depth)
             )
             for _ in BRANCHES
@@ -301,6 +348,36 @@ class CrossGatedBranches(nn.Module):
         return output
 
 
+class FusionDecoder(nn.Module):
+    """The global decoder: concat(shared, branch features) -> 1x1 convs + ReLU -> 3x3 convs -> 1 channel in [0, 1].
+
+    The 1x1 convs run as linear layers on channels-last tokens (CPU 1x1 convs take a slow im2col
+    path), and the first is split over its two inputs so the concatenation is never materialised.
+
+    Args:
+        dim: Channels of each of the two inputs.
+        pointwise_channels: Widths of the 1x1 convs (at least one).
+        conv_channels: Hidden widths of the 3x3 convs before the last one.
+    """
+
+    def __init__(self, dim: int, pointwise_channels: tuple[int, ...], conv_channels: tuple[int, ...]) -> None:
+        super().__init__()
+        if not pointwise_channels:
+            raise ValueError("the global decoder needs at least one 1x1 conv (decoder_pointwise_channels)")
+        widths = (2 * dim, *pointwise_channels)
+        self.dim = dim
+        self.pointwise = nn.ModuleList(nn.Linear(widths[index], widths[index + 1], bias=False) for index in range(len(pointwise_channels)))
+        self.convs = conv_decoder(widths[-1], conv_channels)
+
+    def forward(self, features: Tensor, branch_features: Tensor) -> Tensor:
+        shared_weight, branch_weight = self.pointwise[0].weight.split(self.dim, dim=1)
+        hidden = F.linear(to_tokens(features), shared_weight) + F.linear(to_tokens(branch_features), branch_weight)
+        hidden = F.relu(hidden, inplace=True)
+        for layer in self.pointwise[1:]:
+            hidden = F.relu(layer(hidden), inplace=True)
+        return (torch.tanh(self.convs(to_feature_map(hidden))) + 1.0) / 2.0
+
+
 class GIFNet(nn.Module):
     """The GIFNet network: shared encoder, reconstruction decoder, gated task branches, global decoder.
 
@@ -321,6 +398,8 @@ class GIFNet(nn.Module):
             published; 2 or 4 for speed).
         decoder_pointwise_channels: Widths of the global decoder's 1x1 convs (each followed by ReLU).
         decoder_channels: Hidden widths of the global decoder's 3x3 convs before the last one.
+        attention_chunk_pixels: Tokens per strip in the attention blocks: bounds the memory of large
+            images and keeps them fast; results do not depend on it.
     """
 
     def __init__(
@@ -339,6 +418,7 @@ class GIFNet(nn.Module):
         branch_downsample: int = 1,
         decoder_pointwise_channels: tuple[int, ...] = (98, 128),
         decoder_channels: tuple[int, ...] = (64, 32, 16),
+        attention_chunk_pixels: int = 1 << 16,
     ) -> None:
         super().__init__()
         self.window_size, self.branch_downsample = window_size, branch_downsample
@@ -346,14 +426,18 @@ class GIFNet(nn.Module):
         dim = self.encoder.out_channels
         self.reconstruction_decoder = conv_decoder(dim, tuple(reconstruction_channels))
         self.branches = CrossGatedBranches(
-            dim, heads, window_size, branch_depth, mlp_ratio, value_kernel, position_hidden, gate_init, branch_downsample
+            dim,
+            heads,
+            window_size,
+            branch_depth,
+            mlp_ratio,
+            value_kernel,
+            position_hidden,
+            gate_init,
+            branch_downsample,
+            attention_chunk_pixels,
         )
-        pointwise: list[nn.Module] = []
-        channels = 2 * dim
-        for width in decoder_pointwise_channels:
-            pointwise += [nn.Conv2d(channels, width, 1, bias=False), nn.ReLU(inplace=True)]
-            channels = width
-        self.fusion_decoder = nn.Sequential(*pointwise, conv_decoder(channels, tuple(decoder_channels)))
+        self.fusion_decoder = FusionDecoder(dim, tuple(decoder_pointwise_channels), tuple(decoder_channels))
 
     @property
     def size_multiple(self) -> int:
@@ -395,8 +479,7 @@ class GIFNet(nn.Module):
                 # samples are grouped by primary branch: one pass per group, no per-sample loop
                 members = (branch == index).nonzero().squeeze(1)
                 branch_features = branch_features.index_copy(0, members, self.branches(features[members], index))
-        fused = self.fusion_decoder(torch.cat([features, branch_features], dim=1))
-        return (torch.tanh(fused) + 1.0) / 2.0
+        return self.fusion_decoder(features, branch_features)
 
     def forward(self, a: Tensor, b: Tensor, branch: Tensor | int = MFIF_BRANCH) -> Tensor:
         """Fuse two (B, 1, H, W) sources in [0, 1]; H and W multiples of :attr:`size_multiple`."""
@@ -444,6 +527,8 @@ class GIFNetModule(FusionModule):
             published; 2 or 4 for speed).
         decoder_pointwise_channels: Widths of the global decoder's 1x1 convs.
         decoder_channels: Hidden widths of the global decoder's 3x3 convs.
+        attention_chunk_pixels: Tokens per strip in the attention blocks (bounds memory on large
+            images; results do not depend on it).
         ivif_branch_tasks: Tasks trained through the IVIF branch; the rest train the MFIF branch.
         inference_branch: Branch that fuses at validation, test and predict: ``mfif`` for every task
             (as the public model), ``ivif``, or ``trained`` (each task through the branch it trains).
@@ -480,6 +565,7 @@ class GIFNetModule(FusionModule):
         branch_downsample: int = 1,
         decoder_pointwise_channels: tuple[int, ...] = (98, 128),
         decoder_channels: tuple[int, ...] = (64, 32, 16),
+        attention_chunk_pixels: int = 1 << 16,
         ivif_branch_tasks: tuple[str, ...] = ("ivif", "meif", "med", "nir"),
         inference_branch: Literal["mfif", "ivif", "trained"] = "mfif",
         intensity_weight: float = 1.0,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from lightning_modules.gifnet import IVIF_BRANCH, MFIF_BRANCH, GIFNet
+from lightning_modules.gifnet import IVIF_BRANCH, MFIF_BRANCH, GIFNet, RelativePositionBias, WindowAttentionBlock
 
 TINY = dict(
     encoder_growth=4,
@@ -146,3 +147,55 @@ def test_samples_do_not_interact() -> None:
         together = network(a, b)
         alone = network(a[:1], b[:1])
     assert torch.allclose(together[:1], alone, atol=1e-6)
+
+
+def whole_map_block(block: WindowAttentionBlock, tokens: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The block written plainly on the whole map: reflect-pad, cut windows, softmax attention, conv."""
+    batch, height, width, channels = tokens.shape
+    size, shift, heads = block.window_size, block.shift, block.heads
+    normed = block.norm(tokens)
+    query_weight, key_weight = block.query_key.weight.split(channels)
+    query_bias, key_bias = block.query_key.bias.split(channels)
+    query, key, value = F.linear(normed, query_weight, query_bias), F.linear(normed, key_weight, key_bias), block.value(normed)
+
+    def windows(tokens_: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(tokens_.permute(0, 3, 1, 2), (shift, size - shift, shift, size - shift), mode="reflect") if shift else tokens_.permute(0, 3, 1, 2)
+        rows, columns = padded.shape[-2] // size, padded.shape[-1] // size
+        split = padded.reshape(batch, heads, channels // heads, rows, size, columns, size)
+        return split.permute(0, 3, 5, 1, 4, 6, 2).reshape(batch, rows, columns, heads, size * size, channels // heads)
+
+    scores = windows(query) @ windows(key).transpose(-1, -2) / (channels // heads) ** 0.5 + bias
+    attended = scores.softmax(dim=-1) @ windows(value)  # (B, rows, columns, heads, N, d)
+    rows, columns = attended.shape[1:3]
+    attended = attended.reshape(batch, rows, columns, heads, size, size, -1).permute(0, 1, 4, 2, 5, 3, 6)
+    attended = attended.reshape(batch, rows * size, columns * size, channels)[:, shift : shift + height, shift : shift + width]
+    halo = block.value_conv.kernel_size[0] // 2
+    local = F.conv2d(F.pad(value.permute(0, 3, 1, 2), (halo,) * 4, mode="reflect"), block.value_conv.weight, block.value_conv.bias, groups=channels)
+    output = tokens + block.projection(attended + local.permute(0, 2, 3, 1))
+    return output + block.mlp(output)
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+@pytest.mark.parametrize("chunk_pixels", [16, 200, 1 << 16])
+def test_strips_give_the_whole_map_result(shift: int, chunk_pixels: int) -> None:
+    torch.manual_seed(0)
+    block = WindowAttentionBlock(dim=8, heads=2, window_size=4, shift=shift, mlp_ratio=2.0, value_kernel=5, chunk_pixels=chunk_pixels)
+    bias = RelativePositionBias(window_size=4, heads=2, hidden=16)()
+    tokens = torch.randn(2, 12, 16, 8)
+    output, queries = block(tokens, bias)
+    assert torch.allclose(output, whole_map_block(block, tokens, bias), atol=1e-5)
+    # the strip queries, handed to a second block, stand in for its own
+    again, _ = block(tokens, bias, foreign_queries=queries)
+    assert torch.allclose(again, output, atol=1e-6)
+
+
+def test_chunking_changes_neither_outputs_nor_gradients() -> None:
+    a, b = sources(height=16, width=24)
+    results = []
+    for chunk_pixels in (32, 1 << 16):
+        network = tiny_network(attention_chunk_pixels=chunk_pixels).train()
+        fused = network(a, b, torch.tensor([IVIF_BRANCH, MFIF_BRANCH]))
+        fused.square().mean().backward()
+        results.append((fused.detach(), [parameter.grad.clone() for parameter in network.branches.parameters() if parameter.grad is not None]))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert all(torch.allclose(first, second, atol=1e-6) for first, second in zip(results[0][1], results[1][1]))
