@@ -29,4 +29,5 @@ demo: setup
 	$(PY) -m recipes.gifnet fit
 
 test: setup
+	bash cluster/install_slurm.sh  # Debian's slurmctld, slurmd, munge for the real-cluster tests
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)

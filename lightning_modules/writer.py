@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from datamodules.imageio import write_png
+from datamodules.images import encode_png
 
 
 def to_integer_image(image: torch.Tensor, bit_depth: int) -> np.ndarray:
@@ -44,4 +44,4 @@ class FusedImageWriter(BasePredictionWriter):
         for key, image, bit_depth in zip(prediction["key"], prediction["images"], prediction["bit_depth"]):
             path = self.output_dir / f"{key}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_png(path, to_integer_image(image, bit_depth))
+            path.write_bytes(encode_png(to_integer_image(image, bit_depth), level=6))

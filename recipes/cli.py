@@ -43,7 +43,11 @@ class FusionCLI(LightningCLI):
         super().__init__(
             model_class,
             datamodule_class,
-            parser_kwargs={"default_config_files": [str(CONFIG_DIR / default_config)]},
+            # every subcommand starts from the recipe's default config; --config files override it
+            parser_kwargs={
+                subcommand: {"default_config_files": [str(CONFIG_DIR / default_config)]}
+                for subcommand in ("fit", "validate", "test", "predict")
+            },
             **kwargs,
         )
 
@@ -63,7 +67,8 @@ class FusionCLI(LightningCLI):
             help="predict: folder for the fused PNGs (default: <run directory>/predictions).",
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
+        # one run directory per run name: a resumed run overwrites its last.ckpt instead of adding last-v1.ckpt
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1, "checkpoint.enable_version_counter": False})
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # run=False (programmatic use) has no subcommand level in the config

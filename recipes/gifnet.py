@@ -39,7 +39,7 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] == ["convert-checkpoint"]:
         convert_checkpoint_command(argv[1:], prog="python -m recipes.gifnet convert-checkpoint")
         return
-    FusionCLI(GIFNetModule, FusionDataModule, default_config="gifnet.yaml", args=argv)
+    FusionCLI(GIFNetModule, FusionDataModule, default_config="gifnet.yaml", args=args)
 
 
 if __name__ == "__main__":
