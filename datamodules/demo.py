@@ -308,11 +308,13 @@ def build_demo(
     level: int = 0,
     train_photos: tuple[str, ...] = TRAIN_PHOTOS,
     val_photos: tuple[str, ...] = VAL_PHOTOS,
+    force: bool = True,
 ) -> Path:
     """Build the demo set into ``out`` (atomically: a half-built set is never left in place).
 
     ``level`` is the shards' PNG deflate level (0: stored, fastest to decode); the photo lists
-    exist so that tests can build a smaller set.
+    exist so that tests can build a smaller set. With ``force=False`` a complete set that another
+    process finished meanwhile is kept.
     """
     out = demo_root(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -347,9 +349,12 @@ def build_demo(
             "seconds": round(time.time() - started, 1),
         }
         (staging / _DONE).write_text(json.dumps(manifest, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        if is_built(out) and not force:  # another process (a node sharing the folder) finished first
+            shutil.rmtree(staging)
+        else:
+            if out.exists():
+                shutil.rmtree(out)
+            staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -369,7 +374,7 @@ def ensure_demo(root: str | Path | None = None, progress: bool = True) -> Path:
     root = demo_root(root)
     if not is_built(root):
         print(f"The demo set is not built yet: building it in {root} (about a minute, once).", file=sys.stderr)
-        build_demo(root, progress=progress)
+        build_demo(root, progress=progress, force=False)
     return root
 
 

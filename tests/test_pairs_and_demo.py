@@ -122,7 +122,7 @@ def test_datamodule_without_sources_uses_the_demo(small_demo: Path) -> None:
 
 def test_ensure_demo_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    monkeypatch.setattr(demo, "build_demo", lambda root, progress=True: calls.append(root) or Path(root))
+    monkeypatch.setattr(demo, "build_demo", lambda root, progress=True, force=True: calls.append(root) or Path(root))
     demo.ensure_demo(tmp_path / "missing", progress=False)
     assert calls == [tmp_path / "missing"]
     built = tmp_path / "built"
