@@ -1,6 +1,7 @@
 """Test-only: Lightning's DeepSpeed strategy on CPU processes, so ZeRO runs on a machine without GPUs.
 
-``DeepSpeedStrategy`` refuses every accelerator but CUDA and checks that device indices match the
+``DeepSpeedStrategy`` (here the project's :class:`~cluster.deepspeed_strategy.StreamingDeepSpeedStrategy`,
+which the DeepSpeed batch script uses) refuses every accelerator but CUDA and checks that device indices match the
 local ranks. On CPU neither applies: this subclass sets the environment up as ``DDPStrategy`` does
 (torch.distributed over gloo, which ``deepspeed.initialize`` then reuses) and reports
 ``cpu:<local rank>`` as its root device (DeepSpeed reads the index as the local rank; tensors on
@@ -14,10 +15,12 @@ Select it on the command line: ``--trainer.strategy=tests._deepspeed_cpu.CPUDeep
 from __future__ import annotations
 
 import torch
-from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy
+from pytorch_lightning.strategies import DDPStrategy
+
+from cluster.deepspeed_strategy import StreamingDeepSpeedStrategy
 
 
-class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+class CPUDeepSpeedStrategy(StreamingDeepSpeedStrategy):
     """DeepSpeed ZeRO through Lightning on CPU processes (tests only)."""
 
     def setup_environment(self) -> None:
