@@ -1,0 +1,679 @@
+"""The standard image-fusion metrics in batched torch, under the reference conventions.
+
+Every number follows ``../shared/fusion-bench/README.md`` ("Reference metric conventions"), the
+conventions of the Python evaluator that most fusion papers since 2022 copy, so values compare with
+published tables; ``tests/test_metrics_published.py`` reproduces the shared
+``published/expected_metrics.json`` with them. All metrics score grey levels 0..255: each image
+is quantised to 8 bits, converted to grey with BT.601 and rounded (:func:`to_grey_levels`).
+
+Where the published numbers depend on a quirk of the common evaluator, the quirk is reproduced and
+commented where it is implemented: OpenCV's float grey conversion order, Qabf's ratio where the
+gradient magnitudes are equal, Nabf's mirror padding, and SSIM's float32 arithmetic with
+``data_range = 2``. VIF's local variances cancel catastrophically in flat regions, so VIF runs in
+float64 (its filters as banded matrix products, the fastest float64 filtering torch has on CPU);
+metrics whose reference runs in float32, or whose float32 rounding stays far below 1e-6 relative,
+run in float32 with float64 sums.
+
+Public API:
+
+* :data:`METRICS`, :data:`HIGHER_IS_BETTER`, :data:`NAN_REASONS`
+* :func:`to_grey_levels` -- images to float64 grey levels
+* :func:`compute_metrics` -- ``{name: (B,) float64}`` for a batch of fused images and their sources
+* :class:`FusionMetricTracker` -- a torchmetrics ``Metric`` with per-task means that reduce exactly
+  under DDP, for validation and test logging
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from datamodules.schema import TASKS
+from lightning_modules.metric_filters import (
+    BLOCK,
+    SeparableFilter,
+    block_sums,
+    box_sums,
+    column_blocks,
+    filter_columns,
+    sobel_mirrored_and_zero_padded,
+    to_image_layout,
+    valid_length,
+)
+
+SOURCE_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "Nabf", "SSIM", "CC", "PSNR")
+"""The twelve metrics of published tables, in their usual column order."""
+
+EXTRA_METRICS: tuple[str, ...] = ("SSIM_std", "MSE")
+"""SSIM_std: the same SSIM with the correct data_range 255 (expected_metrics.json calls it SSIM255);
+MSE: the mean of MSE(F, A) and MSE(F, B) that PSNR uses."""
+
+TARGET_METRICS: tuple[str, ...] = ("PSNR_gt", "SSIM_gt")
+"""Fidelity to a target image (supervised tasks): PSNR with peak 255 and SSIM_std's SSIM, one image."""
+
+METRICS: tuple[str, ...] = SOURCE_METRICS + EXTRA_METRICS + TARGET_METRICS
+
+HIGHER_IS_BETTER: dict[str, bool] = {name: name not in ("Nabf", "MSE") for name in METRICS}
+
+NAN_REASONS: dict[str, str] = {
+    "SF": "the image is narrower or shorter than 2 px",
+    "AG": "the image is narrower or shorter than 2 px",
+    "SCD": "a source is constant, or F minus a source is constant (e.g. F equals a source): the correlation is undefined",
+    "CC": "F or a source is constant: the correlation is undefined",
+    "PSNR": "F equals both sources (MSE 0) or F is all black (peak 0)",
+    "VIF": "the image is smaller than 41 x 41 px, too small for VIF's 4 scales of 'valid' filtering",
+    "Qabf": "neither source has any edge (no gradient anywhere), so there is nothing to preserve",
+    "SSIM": "the image is smaller than SSIM's 7 x 7 window",
+    "SSIM_std": "the image is smaller than SSIM's 7 x 7 window",
+    "PSNR_gt": "F equals the target (MSE 0)",
+    "SSIM_gt": "the image is smaller than SSIM's 7 x 7 window",
+}
+"""Why a metric can be NaN: where its definition is undefined. EN, SD, MI, MSE and Nabf are always
+defined; VIF counts a source whose score is undefined (a constant source) as 1, as the convention says."""
+
+_NEEDS_TARGET = frozenset(TARGET_METRICS)
+
+
+def check_metric_names(names: Iterable[str]) -> list[str]:
+    """``names`` as a list, or a ValueError that names the unknown ones and lists the known ones."""
+    names = list(names)
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(map(repr, unknown))}; known metrics: {', '.join(METRICS)}")
+    return names
+
+
+# ----------------------------------------------------------------------------------- grey levels
+_BT601_FLOAT32 = tuple(float(torch.tensor(w, dtype=torch.float32)) for w in (0.299, 0.587, 0.114))
+
+
+def _round_to_float32(x: Tensor) -> Tensor:
+    return x.to(torch.float32).to(torch.float64)
+
+
+def to_grey_levels(image: Tensor) -> Tensor:
+    """Float64 grey levels 0..255 of a (B, C, H, W) batch, C = 1 (grey) or 3 (RGB).
+
+    Integer tensors are taken as 8-bit levels; floating tensors as [0, 1] and quantised to 8 bits
+    per channel (clamped, then rounded, as writing an 8-bit PNG does). RGB becomes grey with the
+    BT.601 weights exactly as the common evaluator gets it from OpenCV (``cvtColor`` on float32 BGR):
+    ``fma(R, 0.299, fma(B, 0.114, G * 0.587))`` in float32, then rounded half to even. In float64
+    every product and sum below is exact, so rounding to float32 after each step reproduces those
+    fused multiply-adds bit for bit (checked pixel for pixel against OpenCV on the fusion-bench
+    sources; a plain float32 sum differs on about one pixel in 10^5).
+    """
+    if image.ndim != 4 or image.shape[1] not in (1, 3):
+        raise ValueError(f"expected a (B, 1 or 3, H, W) image batch, got shape {tuple(image.shape)}")
+    if image.is_floating_point():
+        peak = float(image.amax()) if image.numel() else 0.0
+        if peak > 1.5:
+            # Model outputs may overshoot 1 a little; a peak this high means 0..255 levels were passed.
+            raise ValueError(f"floating images must be in [0, 1], got values up to {peak:g}; pass uint8 levels or divide by 255")
+        levels = torch.round(image.to(torch.float64).clamp(0.0, 1.0) * 255.0)
+    else:
+        if image.dtype != torch.uint8 and image.numel() and (int(image.amin()) < 0 or int(image.amax()) > 255):
+            raise ValueError("integer images must hold 8-bit levels 0..255; convert 16-bit images to [0, 1] floats first")
+        levels = image.to(torch.float64)
+    if levels.shape[1] == 1:
+        return levels
+    red, green, blue = levels.unbind(1)
+    weight_red, weight_green, weight_blue = _BT601_FLOAT32
+    grey = _round_to_float32(green * weight_green)
+    grey = _round_to_float32(blue * weight_blue + grey)
+    grey = _round_to_float32(red * weight_red + grey)
+    return torch.round(grey).unsqueeze(1)
+
+
+# ------------------------------------------------------------------------------ shared helpers
+def _nan_where(condition: Tensor, values: Tensor) -> Tensor:
+    return torch.where(condition, torch.full_like(values, math.nan), values)
+
+
+def _entropy_nats(counts: Tensor, total: int) -> Tensor:
+    """Shannon entropy (nats) of histograms ``counts`` (..., bins) that each sum to ``total``."""
+    counts = counts.to(torch.float64)
+    return math.log(total) - torch.special.xlogy(counts, counts).sum(-1) / total
+
+
+class _Batch:
+    """Grey levels of a batch, (3, B, H, W) in the order A, B, F, and the intermediate results that
+    several metrics share, each computed once on first use."""
+
+    def __init__(self, levels: Tensor) -> None:
+        self.levels = levels
+        _, self.batch, self.height, self.width = levels.shape
+        self.pixels = self.height * self.width
+        self.device = levels.device
+        self.a, self.b, self.f = levels.unbind(0)
+
+    def nan(self) -> Tensor:
+        return torch.full((self.batch,), math.nan, dtype=torch.float64, device=self.device)
+
+    @functools.cached_property
+    def levels32(self) -> Tensor:
+        """float32 copy of :attr:`levels`: grey levels are exact in it, and it halves memory traffic."""
+        return self.levels.to(torch.float32)
+
+    @functools.cached_property
+    def moments(self) -> tuple[Tensor, Tensor]:
+        """(products, centred), (B, 3, 3) int64 over A, B, F.
+
+        ``products[x, y]`` is the sum of x * y over the pixels and ``centred[x, y]`` is N times the
+        sum of (x - mean x)(y - mean y), i.e. N * S_xy - S_x * S_y. Both are exact: the float64
+        matrix product only sums integers below 2^53, and the int64 arithmetic is exact for images
+        up to about 10^7 pixels. So degenerate cases (a constant image, F - B constant) give an
+        exact 0 and a NaN correlation, never rounding noise.
+        """
+        flat = self.levels.flatten(2).transpose(0, 1)  # (B, 3, N), a view
+        products = torch.matmul(flat, flat.transpose(1, 2)).long()
+        sums = flat.sum(-1).long()
+        centred = self.pixels * products - sums[:, :, None] * sums[:, None, :]
+        return products, centred
+
+    @functools.cached_property
+    def joint_histograms(self) -> Tensor:
+        """(B, 2, 256, 256) counts of the (F, A) and (F, B) grey-level pairs."""
+        levels = self.levels.flatten(2).to(torch.int32)
+        index = levels[2] * 256 + levels[:2]  # (2, B, N)
+        index += torch.arange(2 * self.batch, device=self.device, dtype=torch.int32).view(2, self.batch, 1) * 65536
+        counts = torch.bincount(index.flatten(), minlength=2 * self.batch * 65536)
+        return counts.view(2, self.batch, 256, 256).transpose(0, 1)
+
+    @functools.cached_property
+    def fused_histogram(self) -> Tensor:
+        """(B, 256) counts of F's grey levels (from the joint histograms when MI already built them)."""
+        if "joint_histograms" in self.__dict__:
+            return self.joint_histograms[:, 0].sum(-1)
+        index = self.f.flatten(1).to(torch.int32) + torch.arange(self.batch, device=self.device, dtype=torch.int32)[:, None] * 256
+        return torch.bincount(index.flatten(), minlength=self.batch * 256).view(self.batch, 256)
+
+    @functools.cached_property
+    def sobel(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """Sobel responses (horizontal, vertical) of A, B, F: (mirrored padding, zero padding)."""
+        return sobel_mirrored_and_zero_padded(self.levels32)
+
+    @functools.cached_property
+    def ssim_terms(self) -> _SsimTerms:
+        """SSIM of F against A and against B, up to the data range."""
+        levels = self.levels32
+        maps = levels.new_empty(8, self.batch, self.height, self.width)  # A, B, F, AA, BB, FF, AF, BF
+        maps[:3] = levels
+        torch.mul(levels, levels, out=maps[3:6])
+        torch.mul(levels[:2], levels[2:], out=maps[6:8])
+        return _SsimTerms(_uniform_means(maps), x=slice(2, 3), y=slice(0, 2), xx=slice(5, 6), yy=slice(3, 5), xy=slice(6, 8))
+
+
+# Rows and columns of _Batch.moments.
+_A, _B, _F = range(3)
+
+
+def _correlation(covariance: Tensor, variance_x: Tensor, variance_y: Tensor) -> Tensor:
+    # Exact integer inputs: 0 / 0 gives NaN exactly where a signal is constant.
+    return covariance.double() / torch.sqrt(variance_x.double() * variance_y.double())
+
+
+# ------------------------------------------------------------------- no-reference and global ones
+def _entropy(batch: _Batch) -> Tensor:
+    return _entropy_nats(batch.fused_histogram, batch.pixels) / math.log(2.0)
+
+
+def _standard_deviation(batch: _Batch) -> Tensor:
+    _, centred = batch.moments
+    return torch.sqrt(centred[:, _F, _F].double()) / batch.pixels
+
+
+def _spatial_frequency(batch: _Batch) -> Tensor:
+    if batch.height < 2 or batch.width < 2:
+        return batch.nan()
+    f = batch.levels32[_F]  # integer differences; their squares are summed in float64
+    row = torch.linalg.vector_norm(torch.diff(f, dim=-1), dim=(-2, -1), dtype=torch.float64)
+    column = torch.linalg.vector_norm(torch.diff(f, dim=-2), dim=(-2, -1), dtype=torch.float64)
+    return torch.sqrt(row.square() / (batch.height * (batch.width - 1)) + column.square() / ((batch.height - 1) * batch.width))
+
+
+def _twice_gradient(image: Tensor, dim: int) -> Tensor:
+    """2 x numpy.gradient along ``dim``: central differences inside, doubled one-sided ones at the ends."""
+    length = image.shape[dim]
+    out = torch.empty_like(image)
+    torch.sub(image.narrow(dim, 2, length - 2), image.narrow(dim, 0, length - 2), out=out.narrow(dim, 1, length - 2))
+    for end, (high, low) in ((0, (1, 0)), (length - 1, (length - 1, length - 2))):
+        out.narrow(dim, end, 1).copy_((image.narrow(dim, high, 1) - image.narrow(dim, low, 1)) * 2)
+    return out
+
+
+def _average_gradient(batch: _Batch) -> Tensor:
+    if batch.height < 2 or batch.width < 2:
+        return batch.nan()
+    f = batch.levels32[_F]
+    # sqrt((gx^2 + gy^2) / 2) = |2 g| / (2 sqrt 2), with 2 g integer-valued.
+    magnitude = torch.hypot(_twice_gradient(f, -1), _twice_gradient(f, -2))
+    return magnitude.mean((-2, -1), dtype=torch.float64) / (2 * math.sqrt(2))
+
+
+def _mutual_information(batch: _Batch) -> Tensor:
+    joint = batch.joint_histograms
+    n = batch.pixels
+    fused = _entropy_nats(joint[:, 0].sum(-1), n)
+    sources = _entropy_nats(joint.sum(-2), n)  # (B, 2): A, B
+    # MI(F, S) = H(F) + H(S) - H(F, S): the same sum as sklearn's mutual_info_score over the joint table.
+    return 2 * fused + sources.sum(-1) - _entropy_nats(joint.flatten(-2), n).sum(-1)
+
+
+def _scd(batch: _Batch) -> Tensor:
+    _, c = batch.moments
+    variance_f_minus_b = c[:, _F, _F] - 2 * c[:, _F, _B] + c[:, _B, _B]
+    variance_f_minus_a = c[:, _F, _F] - 2 * c[:, _F, _A] + c[:, _A, _A]
+    return _correlation(c[:, _F, _A] - c[:, _B, _A], variance_f_minus_b, c[:, _A, _A]) + _correlation(
+        c[:, _F, _B] - c[:, _A, _B], variance_f_minus_a, c[:, _B, _B]
+    )
+
+
+def _cc(batch: _Batch) -> Tensor:
+    _, c = batch.moments
+    return (_correlation(c[:, _A, _F], c[:, _A, _A], c[:, _F, _F]) + _correlation(c[:, _B, _F], c[:, _B, _B], c[:, _F, _F])) / 2
+
+
+def _mse(batch: _Batch) -> Tensor:
+    s, _ = batch.moments
+    squared_errors = 2 * s[:, _F, _F] - 2 * s[:, _F, _A] - 2 * s[:, _F, _B] + s[:, _A, _A] + s[:, _B, _B]
+    return squared_errors.double() / (2 * batch.pixels)
+
+
+def _psnr(batch: _Batch) -> Tensor:
+    mse = _mse(batch)
+    peak = batch.f.amax((-2, -1))
+    # The convention's peak is max(F), not 255.
+    return _nan_where((mse == 0) | (peak == 0), 10 * torch.log10(peak.square() / mse))
+
+
+# ----------------------------------------------------------------------------------------- VIF
+_VIF_SIGMA_NSQ = 2.0
+_VIF_EPS = 1e-10
+_VIF_SCALES = 4
+
+
+def _vif_window_size(scale: int) -> int:
+    return 2 ** (_VIF_SCALES - scale + 1) + 1  # 17, 9, 5, 3
+
+
+def _vif_window(size: int, device: torch.device) -> Tensor:
+    """1-D factor of the normalised Gaussian window of ``size`` taps, sigma = size / 5.
+
+    The reference's 2-D window is the outer product of this factor with itself (its
+    ``h < eps * h.max()`` clipping never fires at these sizes), so separable filtering is exact.
+    """
+    offsets = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
+    taps = torch.exp(-offsets.square() / (2 * (size / 5.0) ** 2))
+    return taps / taps.sum()
+
+
+def _vif_min_size() -> int:
+    """Smallest side for which every VIF scale keeps at least one 'valid' pixel."""
+    side = 1
+    while True:
+        length = side
+        for scale in range(1, _VIF_SCALES + 1):
+            size = _vif_window_size(scale)
+            if scale > 1:
+                length = -(-valid_length(length, size) // 2)
+            if valid_length(length, size) < 1:
+                break
+        else:
+            return side
+        side += 1
+
+
+VIF_MIN_SIZE = _vif_min_size()
+
+
+def _float32_difference(x: Tensor, y: Tensor) -> Tensor:
+    """x - y computed in their float64, rounded to float32 on writing (one pass)."""
+    out = torch.empty(torch.broadcast_shapes(x.shape, y.shape), dtype=torch.float32, device=x.device)
+    return torch.sub(x, y, out=out)
+
+
+def _vif(batch: _Batch) -> Tensor:
+    """Sheikh-Bovik pixel-domain VIF of F against A plus that against B (reference convention)."""
+    if min(batch.height, batch.width) < VIF_MIN_SIZE:
+        return batch.nan()
+    images = batch.levels  # (3, B, H, W): A, B, F
+    information = torch.zeros(2, batch.batch, dtype=torch.float64, device=batch.device)
+    reference_information = torch.zeros_like(information)
+    for scale in range(1, _VIF_SCALES + 1):
+        size = _vif_window_size(scale)
+        taps = _vif_window(size, batch.device)
+        if scale > 1:
+            # Downsampling: filter with this scale's window ('valid'), keep every second pixel.
+            height, width = images.shape[-2:]
+            shrink = SeparableFilter(3 * batch.batch, height, width, size, 2, torch.float64, batch.device)
+            shrink.inputs().copy_(images.flatten(0, 1))
+            images = to_image_layout(shrink.run(taps), shrink.out_width).unflatten(0, (3, batch.batch))
+        height, width = images.shape[-2:]
+        local = SeparableFilter(8 * batch.batch, height, width, size, 1, torch.float64, batch.device)
+        maps = local.inputs().unflatten(0, (8, batch.batch))  # A, B, F, AA, BB, FF, AF, BF
+        maps[:3] = images
+        torch.mul(images, images, out=maps[3:6])
+        torch.mul(images[:2], images[2:], out=maps[6:8])
+        moments = local.run(taps).unflatten(1, (8, batch.batch))  # (column blocks, 8, B, rows, BLOCK)
+        moments[-1, ..., local.valid_columns() :] = 0.0  # garbage columns: no variance, no information
+        mean_ref, mean_f = moments[:, :2], moments[:, 2:3]
+        # The cancellation-prone differences in float64; what follows is well conditioned and runs
+        # in float32 (per-pixel rounding of 1e-7, summed in float64).
+        var_ref = _float32_difference(moments[:, 3:5], mean_ref.square()).relu_()
+        var_f = _float32_difference(moments[:, 5:6], mean_f.square()).relu_()
+        covariance = _float32_difference(moments[:, 6:8], mean_ref * mean_f)
+        # The reference's masking sequence reduces to: the gain counts where both variances reach
+        # eps and it is positive (else 0); a source variance below eps counts as 0.
+        counts = (var_ref >= _VIF_EPS) & (var_f >= _VIF_EPS)
+        gain = torch.where(counts, covariance / (var_ref + _VIF_EPS), 0.0).clamp_min_(0.0)
+        noise_var = (var_f - gain * covariance).clamp_min_(_VIF_EPS).add_(_VIF_SIGMA_NSQ)
+        information += torch.log1p(gain.square_().mul_(var_ref).div_(noise_var)).sum((0, 3, 4), dtype=torch.float64)
+        # Source variances below eps add log(1 + < 5e-11) where the reference adds 0: < 1e-10 relative.
+        reference_information += torch.log1p(var_ref.div_(_VIF_SIGMA_NSQ)).sum((0, 3, 4), dtype=torch.float64)
+    score = information / reference_information  # natural logs in both: the base cancels
+    # A source with no variance anywhere gives 0 / 0; the convention counts its score as 1.
+    return torch.nan_to_num(score, nan=1.0).sum(0)
+
+
+# -------------------------------------------------------------------------------- Qabf and Nabf
+def _magnitude(horizontal: Tensor, vertical: Tensor) -> Tensor:
+    # sqrt of the exact integer sum of squares is correctly rounded, so equal sums give equal
+    # magnitudes (hypot could differ by an ulp and break the equality tests that follow).
+    return torch.sqrt(torch.addcmul(horizontal * horizontal, vertical, vertical))
+
+
+def _qabf(batch: _Batch) -> Tensor:
+    """Xydeas-Petrovic edge preservation Q^{AB/F} (reference convention, float32 as the reference)."""
+    if batch.height < 2 or batch.width < 2:
+        return batch.nan()
+    # True 2-D convolution negates both Sobel responses: magnitude and atan(Sy / Sx) do not change.
+    _, (horizontal, vertical) = batch.sobel
+    magnitude = _magnitude(horizontal, vertical)
+    orientation = torch.where(horizontal == 0, math.pi / 2, torch.atan(vertical / horizontal))
+    g, g_f = magnitude[:2], magnitude[2:]
+    strength = torch.minimum(g, g_f).div_(torch.maximum(g, g_f))
+    # Quirk of the common implementation: where the magnitudes are equal the "ratio" is F's magnitude.
+    strength = torch.where(g == g_f, g_f, strength)
+    alignment = (orientation[:2] - orientation[2:]).abs_().mul_(-2 / math.pi).add_(1.0)
+    # T / (1 + exp(k (x - D))) with k < 0 is T * sigmoid(|k| (x - D)); the T factors go last.
+    kept = torch.sigmoid(strength.sub_(0.5).mul_(15)).mul_(torch.sigmoid(alignment.sub_(0.8).mul_(22)))
+    numerator = kept.mul_(g).sum((0, 2, 3), dtype=torch.float64) * (0.9994 * 0.9879)
+    return numerator / g.sum((0, 2, 3), dtype=torch.float64)  # 0 / 0 = NaN: no source has an edge
+
+
+def _nabf(batch: _Batch) -> Tensor:
+    """Shreyamsha Kumar's modified fusion-artifact measure N_abf (lower is better)."""
+    if batch.height < 2 or batch.width < 2:
+        return batch.nan()
+    # Sobel / 8 by correlation on a mirrored image that leaves out the edge pixel, as the common
+    # Python port does (repeating the edge pixel changes results by several %). Magnitudes stay
+    # 8x here: the thresholds and weights below are scaled to match.
+    (horizontal, vertical), _ = batch.sobel
+    magnitude = _magnitude(horizontal, vertical)
+    g, g_f = magnitude[:2], magnitude[2:]
+    # Weights g^1.5 where g >= Td = 2 (16 in 8x units), else 0.001 (times 8^1.5 in 8x units).
+    weights = torch.where(g >= 16, g * g.sqrt(), 0.001 * 8**1.5)
+    # Orientation atan(Gv / Gh) with Gv = bottom - top = -vertical: all orientations are negated,
+    # which leaves their differences unchanged. Gh = 0 gives +-pi/2 (x / 0 = +-inf); both 0 give 0.
+    orientation = torch.where((horizontal == 0) & (vertical == 0), 0.0, torch.atan(vertical / horizontal))
+    low, high = torch.minimum(g, g_f), torch.maximum(g, g_f)
+    strength = torch.where(low == 0, 0.0, low / high)
+    alignment = (orientation[:2] - orientation[2:]).abs_().sub_(math.pi / 2).abs_().mul_(2 / math.pi)
+    kept = torch.sigmoid(strength.sub_(0.5).mul_(19)).mul_(torch.sigmoid(alignment.sub_(0.5).mul_(22)))
+    kept = kept.mul_(0.9999 * 0.9995).sqrt_()
+    # Artifacts: where F's gradient exceeds both sources'.
+    artifacts = (g_f[0] > g[0]) & (g_f[0] > g[1])
+    lost = torch.where(artifacts, kept.neg_().add_(1.0).mul_(weights), 0.0)
+    return lost.sum((0, 2, 3), dtype=torch.float64) / weights.sum((0, 2, 3), dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------- SSIM
+_SSIM_WINDOW = 7
+_SSIM_COVARIANCE_NORM = _SSIM_WINDOW**2 / (_SSIM_WINDOW**2 - 1)  # sample covariance, 49 / 48
+
+
+def _uniform_means(maps: Tensor) -> tuple[Tensor, int, int]:
+    """scipy.ndimage.uniform_filter(size=7) of integer-valued float32 maps (K, B, H, W), cropped.
+
+    scipy filters axis 0 (down the rows) first, then axis 1, each in double, storing float32 in
+    between: SSIM's float32 rounding noise, which its published values depend on, comes from
+    exactly these roundings. The row-window sums of integers are exact in float32, so dividing them
+    there rounds as scipy does; the column pass sums 7 of those float32 values exactly in float64
+    (a banded matrix product) and rounds to float32 as scipy does. The 3-pixel border that SSIM
+    crops is exactly what 'valid' filtering leaves out.
+
+    Returns (means, valid columns of the last block, pixels): means block-major (see
+    ``metric_filters``), (column blocks, K, B, rows, BLOCK) float32.
+    """
+    sums = box_sums(maps, -2)
+    count, batch, height, width = sums.shape
+    blocks, padded_width = column_blocks(width, _SSIM_WINDOW)
+    padded = sums.new_empty(count * batch * height, padded_width, dtype=torch.float64)
+    padded[:, width:] = 0.0
+    # Divides in float32 (as the inputs' dtype) and widens to float64 on writing: one pass.
+    torch.div(sums, _SSIM_WINDOW, out=padded.view(count, batch, height, padded_width)[..., :width])
+    # Sum with unit taps, then divide: exact sums divided once round as scipy does (1/7 taps would
+    # round differently where the mean falls on a float32 tie).
+    ones = torch.ones(_SSIM_WINDOW, dtype=torch.float64, device=maps.device)
+    sums = filter_columns(padded, ones, 1, blocks)
+    means = torch.empty(sums.shape, dtype=torch.float32, device=maps.device)
+    torch.div(sums, _SSIM_WINDOW, out=means)  # divides in float64, rounds to float32 on writing
+    means = means.view(blocks, count, batch, height, BLOCK)
+    out_width = valid_length(width, _SSIM_WINDOW)
+    return means, out_width - (blocks - 1) * BLOCK, height * out_width
+
+
+class _SsimTerms:
+    """scikit-image's SSIM of x (the fused image) against y, in its order of float32 operations,
+    with the parts that do not depend on the data range computed once.
+
+    Takes the block-major output of :func:`_uniform_means` and the indices of the local means of
+    x, y (several: one per source), x*x, y*y and x*y in it.
+    """
+
+    def __init__(self, means: tuple[Tensor, int, int], x: slice, y: slice, xx: slice, yy: slice, xy: slice) -> None:
+        values, self.valid_columns, self.pixels = means
+        mean_x, mean_y, mean_xx, mean_yy, mean_xy = (values[:, index] for index in (x, y, xx, yy, xy))
+        norm = _SSIM_COVARIANCE_NORM
+        square_x, square_y = mean_x * mean_x, mean_y * mean_y
+        variance_x = (mean_xx - square_x).mul_(norm)
+        variance_y = (mean_yy - square_y).mul_(norm)
+        covariance = (mean_xy - mean_x * mean_y).mul_(norm)
+        self.mean_product = (2 * mean_x) * mean_y  # A1 = 2 * ux * uy + C1
+        self.covariance = 2 * covariance  # A2 = 2 * vxy + C2
+        self.squares = square_x + square_y  # B1 = ux**2 + uy**2 + C1
+        self.variances = variance_x + variance_y  # B2 = vx + vy + C2
+
+    def mean_ssim(self, data_range: float) -> Tensor:
+        """(sources, B) mean SSIM over the cropped image."""
+        c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+        numerator = (self.mean_product + c1).mul_(self.covariance + c2)
+        denominator = (self.squares + c1).mul_(self.variances + c2)
+        return block_sums(numerator.div_(denominator), self.valid_columns, ()) / self.pixels
+
+
+def _ssim_pair_sum(batch: _Batch, data_range: float) -> Tensor:
+    if min(batch.height, batch.width) < _SSIM_WINDOW:
+        return batch.nan()
+    return batch.ssim_terms.mean_ssim(data_range).sum(0)
+
+
+def _ssim(batch: _Batch) -> Tensor:
+    # The common evaluator's pinned scikit-image took the data range of float32 images, -1..1.
+    return _ssim_pair_sum(batch, 2.0)
+
+
+def _ssim_std(batch: _Batch) -> Tensor:
+    return _ssim_pair_sum(batch, 255.0)
+
+
+# ---------------------------------------------------------------------------------- target ones
+def _psnr_target(fused: Tensor, target: Tensor) -> Tensor:
+    mse = (fused - target).square().mean((-2, -1))
+    return _nan_where(mse == 0, 10 * torch.log10(255.0**2 / mse))
+
+
+def _ssim_target(fused: Tensor, target: Tensor) -> Tensor:
+    if min(fused.shape[-2:]) < _SSIM_WINDOW:
+        return torch.full(fused.shape[:1], math.nan, dtype=torch.float64, device=fused.device)
+    f, t = fused.to(torch.float32), target.to(torch.float32)
+    maps = torch.stack([f, t, f * f, t * t, f * t])
+    terms = _SsimTerms(_uniform_means(maps), x=slice(0, 1), y=slice(1, 2), xx=slice(2, 3), yy=slice(3, 4), xy=slice(4, 5))
+    return terms.mean_ssim(255.0)[0]
+
+
+def _target_metrics(fused: Tensor, target: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
+    """PSNR_gt and SSIM_gt of (B, H, W) grey levels ``fused`` against ``target``."""
+    functions = {"PSNR_gt": _psnr_target, "SSIM_gt": _ssim_target}
+    return {name: functions[name](fused, target) for name in names}
+
+
+_SOURCE_FUNCTIONS: dict[str, Callable[[_Batch], Tensor]] = {
+    "EN": _entropy,
+    "SD": _standard_deviation,
+    "SF": _spatial_frequency,
+    "AG": _average_gradient,
+    "MI": _mutual_information,
+    "SCD": _scd,
+    "VIF": _vif,
+    "Qabf": _qabf,
+    "Nabf": _nabf,
+    "SSIM": _ssim,
+    "CC": _cc,
+    "PSNR": _psnr,
+    "SSIM_std": _ssim_std,
+    "MSE": _mse,
+}
+
+
+def _check_batch(**images: Tensor) -> None:
+    shapes = {name: tuple(image.shape) for name, image in images.items()}
+    for name, shape in shapes.items():
+        if len(shape) != 4 or shape[1] not in (1, 3):
+            raise ValueError(f"{name} must be a (B, 1 or 3, H, W) batch, got shape {shape}")
+    reference_name, reference = next(iter(shapes.items()))
+    for name, shape in shapes.items():
+        if shape[0] != reference[0] or shape[2:] != reference[2:]:
+            raise ValueError(f"{name} has shape {shape} but {reference_name} has {reference}: batch size, height and width must match")
+
+
+def compute_metrics(
+    fused: Tensor, a: Tensor, b: Tensor, names: Sequence[str] | None = None, gt: Tensor | None = None
+) -> dict[str, Tensor]:
+    """The metrics ``names`` (all of :data:`METRICS` by default) of each fused image.
+
+    Args:
+        fused, a, b: (B, 1 or 3, H, W) batches: floats in [0, 1] or 8-bit integer levels (see
+            :func:`to_grey_levels`), on any device.
+        names: metric names from :data:`METRICS`; by default all of them, the target metrics only
+            when ``gt`` is given.
+        gt: optional (B, 1 or 3, H, W) targets for PSNR_gt and SSIM_gt.
+
+    Returns:
+        ``{name: (B,) float64 tensor}`` on the inputs' device, in the order of ``names``. A value is
+        NaN where its definition is undefined for that image; :data:`NAN_REASONS` says when.
+    """
+    if names is None:
+        names = [name for name in METRICS if gt is not None or name not in _NEEDS_TARGET]
+    names = check_metric_names(names)
+    needs_target = [name for name in names if name in _NEEDS_TARGET]
+    if needs_target and gt is None:
+        raise ValueError(f"{', '.join(needs_target)} need a target image: pass gt=")
+    _check_batch(fused=fused, a=a, b=b, **({"gt": gt} if gt is not None else {}))
+    batch = _Batch(torch.stack([to_grey_levels(image)[:, 0] for image in (a, b, fused)]))
+    results = {name: _SOURCE_FUNCTIONS[name](batch) for name in names if name not in _NEEDS_TARGET}
+    if needs_target:
+        results.update(_target_metrics(batch.f, to_grey_levels(gt)[:, 0], needs_target))
+    return {name: results[name] for name in names}
+
+
+# --------------------------------------------------------------------------- torchmetrics wrapper
+class FusionMetricTracker(Metric):
+    """Per-task means of fusion metrics over an epoch, exact under DDP.
+
+    States are per (task, metric) sums, counts of values and counts of NaN values, all reduced
+    with "sum", so the DDP result equals the single-process one on the same samples. NaN values
+    (undefined metrics, see :data:`NAN_REASONS`) are left out of the means and counted.
+
+    Args:
+        names: metric names from :data:`METRICS` (all of them when ``None``). Target metrics
+            (PSNR_gt, SSIM_gt) count only samples that have a target.
+        tasks: task names; ``task_ids`` passed to :meth:`update` index into them.
+    """
+
+    full_state_update = False
+    higher_is_better = None
+    is_differentiable = False
+
+    def __init__(self, names: Sequence[str] | None = None, tasks: tuple[str, ...] = TASKS) -> None:
+        super().__init__()
+        self.names = check_metric_names(METRICS if names is None else names)
+        self.tasks = tuple(tasks)
+        shape = (len(self.tasks), len(self.names))
+        self.add_state("total", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(shape, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("nan_count", default=torch.zeros(shape, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(
+        self,
+        fused: Tensor,
+        a: Tensor,
+        b: Tensor,
+        task_ids: Tensor,
+        gt: Tensor | None = None,
+        has_gt: Tensor | None = None,
+    ) -> None:
+        """Add a batch: images (B, 1 or 3, H, W) in [0, 1], ``task_ids`` (B,) indices into ``tasks``.
+
+        ``has_gt`` (B,) bool marks the samples whose ``gt`` is real (all of them when ``None``).
+        """
+        task_ids = torch.as_tensor(task_ids, device=self.total.device).long().flatten()
+        if task_ids.numel() != fused.shape[0]:
+            raise ValueError(f"task_ids has {task_ids.numel()} entries for a batch of {fused.shape[0]} images")
+        if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= len(self.tasks)):
+            raise ValueError(f"task_ids must index into tasks {self.tasks}, got {task_ids.tolist()}")
+        batch_size = fused.shape[0]
+        values = torch.full((batch_size, len(self.names)), math.nan, dtype=torch.float64, device=self.total.device)
+        applies = torch.ones_like(values, dtype=torch.bool)
+        source_names = [name for name in self.names if name not in _NEEDS_TARGET]
+        target_names = [name for name in self.names if name in _NEEDS_TARGET]
+        if source_names:
+            results = compute_metrics(fused, a, b, source_names)
+            for name in source_names:
+                values[:, self.names.index(name)] = results[name].to(values.device)
+        if target_names:
+            columns = [self.names.index(name) for name in target_names]
+            with_target = torch.full((batch_size,), gt is not None, dtype=torch.bool, device=values.device)
+            if gt is not None and has_gt is not None:
+                with_target = has_gt.to(values.device).bool().flatten()
+            applies[:, columns] = with_target[:, None]
+            if bool(with_target.any()):
+                index = with_target.nonzero().flatten()
+                _check_batch(fused=fused, gt=gt)
+                selected = index.to(fused.device)
+                results = _target_metrics(to_grey_levels(fused[selected])[:, 0], to_grey_levels(gt[selected])[:, 0], target_names)
+                for name, column in zip(target_names, columns):
+                    values[index, column] = results[name].to(values.device)
+        is_nan = torch.isnan(values) & applies
+        counted = applies & ~is_nan
+        self.total.index_add_(0, task_ids, torch.where(counted, values, 0.0))
+        self.count.index_add_(0, task_ids, counted.long())
+        self.nan_count.index_add_(0, task_ids, is_nan.long())
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{"<task>/<metric>": mean}`` where a task has values, plus ``"<task>/<metric>_nan_count"`` where non-zero."""
+        results: dict[str, Tensor] = {}
+        for task_index, task in enumerate(self.tasks):
+            for metric_index, name in enumerate(self.names):
+                count = self.count[task_index, metric_index]
+                if count > 0:
+                    results[f"{task}/{name}"] = self.total[task_index, metric_index] / count
+                nan_count = self.nan_count[task_index, metric_index]
+                if nan_count > 0:
+                    results[f"{task}/{name}_nan_count"] = nan_count.to(torch.float64)
+        return results
