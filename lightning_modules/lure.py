@@ -7,12 +7,13 @@ The paper's code is not public; this is our design from its stated facts:
 modality. The encoder E maps an image and its prompt to a latent; the decoder D maps a latent to an
 image. For every pair
 
-- unified loss: ``|E(degraded, prompt) - sg(E(clean, clean prompt))|^2 / |sg(E(clean))|^2`` per
-  sample, a squared error relative to the target's energy so that shrinking all latents cannot
-  lower it; ``sg`` (stop-gradient) keeps the clean branch from being dragged toward the degraded one;
-- restoration: D(E(degraded)) against the clean image, and reconstruction: D(sg(E(clean))) against
-  the clean image (the decoder reads clean latents too). Both are ``L1 + ssim_weight (1 - SSIM) +
-  gradient_weight |grad|-L1`` (``lightning_modules.losses``);
+- unified loss: the mean squared error between E(degraded, prompt) and sg(E(clean, clean prompt));
+  ``sg`` (stop-gradient) keeps the clean branch from being dragged toward the degraded one;
+- restoration: D(E(degraded)) against the clean image, and reconstruction: D(E(clean)) against the
+  clean image. Reconstruction is what trains the encoder on clean inputs (the unified loss cannot),
+  so E keeps telling clean from degraded; without it E drifts on clean images, the decoder is asked
+  to map two moving latents to one image, and training diverges (we saw it on dark images). Both
+  are ``L1 + ssim_weight (1 - SSIM) + gradient_weight |grad|-L1`` (``lightning_modules.losses``);
 - pseudo-degradation: clean images of the batch (restoration targets, fusion targets, undegraded
   fusion sources; all sources if a batch has none) are re-degraded on the fly with a random
   synthetic kind and severity (:mod:`lightning_modules.pseudo_degradation`), prompted from the
@@ -22,8 +23,8 @@ image. For every pair
 
 The encoder adds a fixed identity path (the pixel-unshuffled input into the first 4 latent
 channels) that the decoder reads back, and the learned branches' last layers start at zero: the
-network starts as the identity, so restoration begins at the quality of its input and only has to learn the
-correction, which matters for mild degradations (JPEG, slight blur) on a short budget.
+network starts as the identity, so restoration begins at the quality of its input and only has to
+learn the correction, which matters for mild degradations (JPEG, slight blur) on a short budget.
 
 **Stage 2, fusion rules in that space.** Pairs (``has_b``): both sources are encoded with the
 sample's prompt (no gradient into the encoder, whose space stage 1 defines), the fusion rules
@@ -54,6 +55,7 @@ import random
 from typing import Any, Iterator, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from datamodules.schema import DEGRADATIONS, TASK_IDS, TASKS
@@ -66,12 +68,12 @@ from lightning_modules.text import PromptEncoder, PromptTable, TextEncoderConfig
 RESTORE = TASK_IDS["restore"]
 MEIF = TASK_IDS["meif"]
 NO_DEGRADATION = [0.0] * len(DEGRADATIONS)
+PREDICT_TIME_ARGUMENTS = ("predict_prompt", "predict_tile_size", "predict_tile_overlap")
 
 
-def relative_latent_error(latent: Tensor, target: Tensor) -> Tensor:
-    """Per-sample squared error of ``latent`` to ``target``, relative to the target's energy: (B,)."""
-    error = (latent - target).pow(2).flatten(1).mean(dim=1)
-    return error / target.pow(2).flatten(1).mean(dim=1).clamp_min(1e-6)
+def unified_latent_error(latent: Tensor, target: Tensor) -> Tensor:
+    """Per-sample mean squared error of ``latent`` to the (stop-gradient) ``target`` latent: (B,)."""
+    return (latent - target).pow(2).flatten(1).mean(dim=1)
 
 
 class LUREModule(FusionModule):
@@ -123,7 +125,9 @@ class LUREModule(FusionModule):
             raise ValueError(f"stage must be 1, 2 or None (switch after stage1_steps), got {stage!r}")
         if not 0.0 <= sample_prompt_rate <= 1.0:
             raise ValueError(f"sample_prompt_rate must be in [0, 1], got {sample_prompt_rate}")
-        self.save_hyperparameters(ignore=["text_encoder"])
+        # Inference knobs stay out of the checkpoint: LightningCLI overrides the command line with the
+        # checkpoint's hyperparameters, so a saved predict_prompt would silently win over --model.predict_prompt.
+        self.save_hyperparameters(ignore=["text_encoder", *PREDICT_TIME_ARGUMENTS])
         # a plain dict, so the checkpoint loads with torch.load(weights_only=True)
         self.hparams["text_encoder"] = dataclasses.asdict(text_encoder)
         self.text_encoder = PromptEncoder(text_encoder)
@@ -221,7 +225,10 @@ class LUREModule(FusionModule):
         losses = self.restoration_losses(batch, prompts)
         if stage == 2:
             losses.update(self.fusion_losses(batch, prompts))
-        losses["loss"] = (
+        # Every parameter joins the graph (with weight zero where this stage does not train it), so
+        # DDP's gradient reduction finds all of them and a batch with nothing to learn still backpropagates.
+        anchor = 0.0 * sum(parameter.sum() for parameter in self.net.parameters())
+        losses["loss"] = anchor + (
             self.unified_weight * (losses["unified"] + self.pseudo_weight * losses["pseudo_unified"])
             + losses["restore"]
             + losses["reconstruct"]
@@ -253,15 +260,18 @@ class LUREModule(FusionModule):
         degraded = torch.cat([batch["a"][real], pseudo_degraded])
         clean = torch.cat([batch["gt"][real], pseudo_clean])
         degraded_prompts = [prompts[i] for i in real.tolist()] + pseudo_prompts
-        latent_degraded = self.net.encode(degraded, self.embed(degraded_prompts, self.device))
-        with torch.no_grad():  # the stop-gradient branch: the clean prompt says nothing is wrong
-            latent_clean = self.net.encode(clean, self.embed([self.clean_prompt] * clean.shape[0], self.device))
-        unified = relative_latent_error(latent_degraded, latent_clean)
-        restored = self.image_loss(self.net.decode(latent_degraded), clean)
-        # the decoder also learns to read clean latents, so D(E(clean)) stays the clean image
-        reconstructed = self.image_loss(self.net.decode(latent_clean), clean)
-        real_count = real.shape[0]
         zero = torch.zeros((), device=self.device)
+        if degraded.shape[0] == 0:  # no restoration pair in the batch and no pseudo task asked for
+            return dict.fromkeys(("unified", "restore", "pseudo_unified", "pseudo_restore", "reconstruct"), zero)
+        # One encoder pass over both views; the clean prompt says nothing is wrong.
+        text = self.embed(degraded_prompts + [self.clean_prompt] * clean.shape[0], self.device)
+        latent_degraded, latent_clean = self.net.encode(torch.cat([degraded, clean]), text).chunk(2)
+        decoded_degraded, decoded_clean = self.net.decode(torch.cat([latent_degraded, latent_clean])).chunk(2)
+        unified = unified_latent_error(latent_degraded, latent_clean.detach())
+        restored = self.image_loss(decoded_degraded, clean)
+        # reconstruction trains encoder and decoder on clean images, so E keeps telling clean from degraded
+        reconstructed = self.image_loss(decoded_clean, clean)
+        real_count = real.shape[0]
 
         def mean(values: Tensor) -> Tensor:
             return values.mean() if values.numel() else zero

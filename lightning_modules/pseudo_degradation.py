@@ -3,7 +3,8 @@
 LURE's pseudo-degradation task re-degrades clean images on the fly (on the training device, per
 sample a random kind and severity) and asks the network to map them back to the clean image as
 well. The parameters per severity 1..3 span mild to strong; they are chosen to look like the
-real degradations the prompt table names, not to reproduce any one dataset.
+real degradations the prompt table names (the same scales as the demo set's, see
+``datamodules.demo``), not to reproduce any one dataset.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ from kornia.filters import gaussian_blur2d
 
 from datamodules.schema import DEGRADATIONS, MAX_SEVERITY
 
-NOISE_SIGMA = (0.02, 0.05, 0.10)
+NOISE_SIGMA = (0.04, 0.09, 0.16)
 """Standard deviation of additive Gaussian noise (on [0, 1]) per severity."""
-BLUR_SIGMA = (0.8, 1.5, 2.5)
+BLUR_SIGMA = (1.2, 2.2, 3.5)
 """Gaussian blur sigma in pixels per severity."""
-LOWLIGHT = ((1.3, 0.6), (1.7, 0.4), (2.2, 0.2))
-"""(gamma, gain) per severity: darkening that crushes shadows more than highlights."""
-HAZE_TRANSMISSION = (0.75, 0.55, 0.35)
-"""Transmission t of the atmospheric scattering model I = J t + A (1 - t) per severity."""
-JPEG_QUALITY = (50.0, 30.0, 15.0)
+LOWLIGHT_GAIN = (0.3, 0.15, 0.07)
+"""Exposure gain in linear light per severity (applied through a 2.2 gamma)."""
+HAZE_DENSITY = (0.8, 1.5, 2.4)
+"""Scattering coefficient beta of the transmission t = exp(-beta (0.2 + depth)) per severity."""
+JPEG_QUALITY = (35.0, 18.0, 8.0)
 """JPEG quality per severity."""
 OVEREXPOSURE_GAIN = (1.4, 1.8, 2.4)
 """Gain before clipping per severity."""
@@ -48,12 +49,15 @@ def degrade(image: torch.Tensor, kind: str, severity: int) -> torch.Tensor:
         size = 2 * int(3 * sigma + 0.5) + 1
         degraded = gaussian_blur2d(image, (size, size), (sigma, sigma), border_type="reflect")
     elif kind == "lowlight":
-        gamma, gain = LOWLIGHT[level]
-        degraded = gain * image.clamp_min(0.0) ** gamma
+        # darkening in linear light is a plain gain on gamma-encoded values under a 2.2 gamma
+        degraded = image * LOWLIGHT_GAIN[level] ** (1.0 / 2.2)
     elif kind == "haze":
+        # depth grows towards the top of the frame (a ground plane), so haze thickens with distance;
         # airlight varies a little between samples so "haze" is not one fixed grey level.
-        airlight = 0.8 + 0.2 * torch.rand(image.shape[0], 1, 1, 1, device=image.device)
-        transmission = HAZE_TRANSMISSION[level]
+        height = image.shape[-2]
+        depth = torch.linspace(1.0, 0.0, height, device=image.device, dtype=image.dtype)[:, None]
+        transmission = torch.exp(-HAZE_DENSITY[level] * (0.2 + depth))
+        airlight = 0.75 + 0.2 * torch.rand(image.shape[0], 1, 1, 1, device=image.device, dtype=image.dtype)
         degraded = image * transmission + airlight * (1.0 - transmission)
     elif kind == "jpeg":
         # kornia's codec works on RGB; a grey image as three equal channels compresses its luminance only.

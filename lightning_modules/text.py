@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import open_clip
 import torch
 import yaml
+from open_clip.factory import load_state_dict as load_clip_state_dict
 from open_clip.model import CLIPTextCfg, _build_text_tower, convert_to_custom_text_state_dict
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
@@ -129,7 +130,7 @@ class PromptEncoder(nn.Module):
         config = self.config
         if config.weights_file:
             source = f"file:{Path(config.weights_file).name}"
-        elif config.random_init or not config.pretrained:
+        elif config.random_init:
             source = f"random:{config.random_init_seed}"
         else:
             source = f"tag:{config.pretrained}"
@@ -304,7 +305,7 @@ def _cached_tag_files(tag: Mapping[str, Any], cache_dir: str | None) -> Iterable
 def _text_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The text-tower part of a CLIP checkpoint, keyed as in open_clip's ``TextTransformer``."""
     try:
-        state = open_clip.load_state_dict(str(path))
+        state = load_clip_state_dict(str(path))
     except Exception as pickle_error:  # OpenAI's original releases are TorchScript archives
         try:
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -354,9 +355,11 @@ class PromptTable:
         """Read a table file (default: ``recipes/configs/prompts.yaml``)."""
         path = Path(path or DEFAULT_PROMPT_TABLE)
         try:
-            record = yaml.safe_load(path.read_text())
+            record = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
         except OSError as error:
             raise FileNotFoundError(f"prompt table {str(path)!r} cannot be read: {error}") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"prompt table {str(path)!r} is not valid YAML: {error}") from None
         if not isinstance(record, dict) or set(record) != {"tasks", "degradations"}:
             raise ValueError(f"prompt table {str(path)!r} must be a mapping with exactly the keys 'tasks' and 'degradations'")
         return cls(record["tasks"], record["degradations"], source=str(path))
@@ -392,6 +395,19 @@ class PromptTable:
                 severities[index] = float(severity)
                 prompts.append(self.prompt(task, severities))
         return prompts
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that rejects a repeated key (plain YAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _phrases(value: Any, where: str) -> list[str]:

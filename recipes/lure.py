@@ -6,8 +6,8 @@
     python -m recipes.lure fit --run_name demo --ckpt_path last              # resume
     python -m recipes.lure fit --model.stage 2 --model.stage1_steps 0 ...    # stage 2 only
     python -m recipes.lure validate --ckpt_path runs/demo/checkpoints/last.ckpt \
-        --data.val_dir ../shared/fusion-bench/pairs
-    python -m recipes.lure predict --ckpt_path last --data.predict_dir DIR --output_dir OUT \
+        --data.val_pairs '[../shared/fusion-bench/pairs]'
+    python -m recipes.lure predict --ckpt_path last --data.predict_pairs '[DIR]' --output_dir OUT \
         --model.predict_prompt "infrared and visible image fusion; the visible image is very dark"
     python -m recipes.lure convert-checkpoint DEEPSPEED_DIR OUT.ckpt
     python -m recipes.lure fit --print_config          # every knob, documented in --help
@@ -42,12 +42,20 @@ from lightning_modules.lure import LUREModule
 from recipes.cli import FusionCLI, convert_checkpoint_command
 
 
+class LURECLI(FusionCLI):
+    """FusionCLI that checks for text-encoder weights before anything else happens in ``fit``."""
+
+    def before_fit(self) -> None:
+        # Fail before the demo set is built or a step is taken when no CLIP weights are at hand.
+        self.model.text_encoder.load_tower()
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["convert-checkpoint"]:
         convert_checkpoint_command(argv[1:], prog="python -m recipes.lure convert-checkpoint")
         return
-    FusionCLI(LUREModule, FusionDataModule, default_config="lure.yaml", args=argv)
+    LURECLI(LUREModule, FusionDataModule, default_config="lure.yaml", args=args)
 
 
 if __name__ == "__main__":
