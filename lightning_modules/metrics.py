@@ -67,13 +67,14 @@ NAN_REASONS: dict[str, str] = {
     "CC": "F or a source is constant: the correlation is undefined",
     "PSNR": "F equals both sources (MSE 0) or F is all black (peak 0)",
     "VIF": "the image is smaller than 41 x 41 px, too small for VIF's 4 scales of 'valid' filtering",
-    "Qabf": "neither source has any edge (no gradient anywhere), so there is nothing to preserve",
+    "Qabf": "neither source has any edge (no gradient anywhere), so there is nothing to preserve; or the image is narrower or shorter than 2 px",
+    "Nabf": "the image is narrower or shorter than 2 px (mirrored padding needs 2)",
     "SSIM": "the image is smaller than SSIM's 7 x 7 window",
     "SSIM_std": "the image is smaller than SSIM's 7 x 7 window",
     "PSNR_gt": "F equals the target (MSE 0)",
     "SSIM_gt": "the image is smaller than SSIM's 7 x 7 window",
 }
-"""Why a metric can be NaN: where its definition is undefined. EN, SD, MI, MSE and Nabf are always
+"""Why a metric can be NaN: where its definition is undefined. EN, SD, MI and MSE are always
 defined; VIF counts a source whose score is undefined (a constant source) as 1, as the convention says."""
 
 _NEEDS_TARGET = frozenset(TARGET_METRICS)
