@@ -178,7 +178,7 @@ def split_by_partition(urls: Sequence[str], partition: int, partitions: int, see
 class MixtureStream(IterableDataset):
     """Yields ready batches (dicts, see :mod:`datamodules.schema`) from a weighted mixture of sources.
 
-    Built by :class:`MixtureDataModule`; usable alone with a :class:`StreamLoader`. ``rank`` /
+    Built by :class:`FusionDataModule`; usable alone with a :class:`StreamLoader`. ``rank`` /
     ``world_size`` split across processes, ``num_workers`` must equal the loader's.
     """
 
@@ -673,8 +673,6 @@ class FusionDataModule(pl.LightningDataModule):
     def task_names(self) -> tuple[str, ...]:
         return TASKS
 
-
-MixtureDataModule = FusionDataModule  # the name this module's docs and tests also use
 
 
 def _as_list(value: str | list[str] | None) -> list[str] | None:

@@ -89,6 +89,13 @@ class FusionModule(pl.LightningModule):
             self.log(f"train/share/{TASKS[task_index]}", share, batch_size=batch_size)
         return losses["loss"]
 
+    def on_train_epoch_end(self) -> None:
+        # corrupt members and broken shards are skipped by the stream; make them visible per run
+        stats = getattr(self.trainer.datamodule, "stream_stats", None)
+        if stats is not None:
+            for name in ("samples", "skipped_samples", "broken_shards"):
+                self.log(f"data/{name}", float(getattr(stats, name)), sync_dist=True, reduce_fx="sum")
+
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         total_steps = max(int(self.trainer.estimated_stepping_batches), 1)

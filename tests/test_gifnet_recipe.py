@@ -53,7 +53,8 @@ def test_fit_writes_checkpoints_and_offline_wandb_logs(trained_run: Path) -> Non
     [run_file] = (run_dir / "wandb").glob(f"offline-run-*-{wandb_run_id('tiny')}/run-*.wandb")
     rows = history(run_file)
     logged = {key for row in rows for key in row}
-    assert {"train/loss", "lr-AdamW", "val/ivif/Qabf", "val/ivif/MI", "val/fusions/count"} <= logged
+    assert {"train/loss", "lr-AdamW", "val/ivif/Qabf", "val/ivif/MI", "val/fusions/count", "data/skipped_samples"} <= logged
+    assert max(row.get("data/samples", 0) for row in rows) > 0
     losses = [row["train/loss"] for row in rows if "train/loss" in row]
     assert len(losses) == 4 and all(np.isfinite(losses))
 
