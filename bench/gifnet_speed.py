@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -67,13 +68,18 @@ def build_module(config: str) -> GIFNetModule:
 
 
 def median_seconds(run: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
+    """Median wall time of ``repeats`` runs after a warm-up, and every run's (wall, process CPU) seconds.
+
+    CPU time is summed over threads: with T threads and a quiet machine it is close to T x wall;
+    much less than that means other processes took the cores (the wall figure is then inflated).
+    """
     run()  # warm-up: oneDNN primitive creation, allocator
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+        times.append((time.perf_counter() - start, time.process_time() - start_cpu))
+    return statistics.median(wall for wall, _ in times), times
 
 
 def autocast(precision: str) -> torch.autocast:
@@ -85,7 +91,7 @@ def inference_pair() -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(torch.rand(1, 1, *INFERENCE_SIZE, generator=generator) for _ in range(2))  # type: ignore[return-value]
 
 
-def time_inference(config: str, repeats: int, precision: str) -> tuple[float, list[float]]:
+def time_inference(config: str, repeats: int, precision: str) -> tuple[float, list[tuple[float, float]]]:
     network = build_module(config).network.eval()
     a, b = inference_pair()
 
@@ -126,7 +132,7 @@ def training_batch() -> dict[str, Any]:
     }
 
 
-def time_training_step(config: str, repeats: int, precision: str) -> tuple[float, list[float]]:
+def time_training_step(config: str, repeats: int, precision: str) -> tuple[float, list[tuple[float, float]]]:
     module = build_module(config).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=module.learning_rate)
     batch = training_batch()
@@ -141,10 +147,12 @@ def time_training_step(config: str, repeats: int, precision: str) -> tuple[float
     return median_seconds(step, repeats)
 
 
-def report(name: str, ours: float, public: float, unit: str, faster_is_ratio: bool, spread: list[float] | None = None) -> str:
+def report(
+    name: str, ours: float, public: float, unit: str, faster_is_ratio: bool, runs_seconds: list[tuple[float, float]] | None = None
+) -> str:
     ratio = public / ours if faster_is_ratio else ours / public
     relation = "x faster than public" if faster_is_ratio else "x public"
-    runs = f"  runs: {', '.join(f'{value:.2f}' for value in spread)}" if spread else ""
+    runs = f"  runs (wall/cpu s): {', '.join(f'{wall:.2f}/{cpu:.2f}' for wall, cpu in runs_seconds)}" if runs_seconds else ""
     return f"{name:<42} ours {ours:7.2f} {unit:<3} public {public:6.2f} {unit:<3} ratio {ratio:5.2f}{relation}{runs}"
 
 
@@ -162,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         peak_memory_child(args.peak_memory_child, args.precision)
         return
 
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.precision}, median of {args.repeats}")
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.precision}, median of {args.repeats}; "
+          f"load average before: {os.getloadavg()[0]:.1f} (other processes on the cores inflate wall times)")
     inference_medians: dict[str, float] = {}
     for config in args.configs:
         parameters = sum(parameter.numel() for parameter in build_module(config).network.parameters())
@@ -178,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
         if "training" in args.only:
             median, runs = time_training_step(config, args.repeats, args.precision)
             print(report("train step, 2 IVIF + 2 MFIF at 128x128", median, PUBLIC_TRAIN_STEP_S, "s", True, runs))
-    print(f"\ngoals (issue 3, faithful config): train step <= {GOALS['train_step_s']} s, fuse 640x480 <= {GOALS['inference_s']} s "
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
+    print(f"goals (issue 3, faithful config): train step <= {GOALS['train_step_s']} s, fuse 640x480 <= {GOALS['inference_s']} s "
           f"and <= {GOALS['inference_peak_gb']} GB; gifnet-fast >= {GOALS['fast_inference_speedup']:.0f}x faster than public at 640x480")
 
 

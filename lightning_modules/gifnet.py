@@ -29,7 +29,7 @@ makes inference cheaper without changing what is computed):
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +70,33 @@ def to_tokens(feature_map: Tensor) -> Tensor:
 def to_feature_map(tokens: Tensor) -> Tensor:
     """(B, H, W, C) -> (B, C, H, W) as a channels-last view (no copy), the fast layout for CPU convs."""
     return tokens.permute(0, 3, 1, 2)
+
+
+def receptive_radius(module: nn.Module) -> int:
+    """How many pixels away a stack of convolutions reads: the sum of its kernels' half-widths."""
+    return sum(conv.kernel_size[0] // 2 for conv in module.modules() if isinstance(conv, nn.Conv2d))
+
+
+def in_row_strips(function: Callable[..., Tensor], inputs: Sequence[Tensor], halo: int, strip_pixels: int) -> Tensor:
+    """``function(*inputs)`` on (B, C, H, W) maps, computed in horizontal strips at inference, exactly.
+
+    For a stack of convolutions that pad themselves and read at most ``halo`` rows away: each strip
+    is computed with ``halo`` real rows more on either side, cropped afterwards, so padding only
+    ever happens at the image's own borders. Bounds memory and keeps every allocation small
+    enough for the allocator to reuse. With autograd enabled the function runs whole (the
+    backward of each strip's slice would write a full-size gradient).
+    """
+    batch, _, height, width = inputs[0].shape
+    strip_rows = max(strip_pixels // (batch * width), halo + 1)
+    if torch.is_grad_enabled() or strip_rows >= height:
+        return function(*inputs)
+    pieces = []
+    for top in range(0, height, strip_rows):
+        bottom = min(top + strip_rows, height)
+        first, last = max(top - halo, 0), min(bottom + halo, height)
+        piece = function(*(tensor[:, :, first:last] for tensor in inputs))
+        pieces.append(piece[:, :, top - first : bottom - first])
+    return torch.cat(pieces, dim=2)
 
 
 class DenseEncoder(nn.Module):
@@ -146,11 +173,13 @@ class WindowAttentionBlock(nn.Module):
     bottom/right) before cutting windows, so its windows straddle the unshifted block's borders;
     no cyclic roll, so no attention mask is needed.
 
-    The map is processed in horizontal strips of whole windows of about ``chunk_pixels`` tokens:
-    every full-resolution intermediate (norm, queries, keys, values, attention, MLP) then exists
-    for one strip at a time, which bounds memory and keeps allocations small enough to be reused
-    (a fresh 100 MB tensor costs more in page faults than the arithmetic done on it). The depthwise
-    conv reads a halo of rows around each strip, so strips give exactly the whole-map result.
+    Without autograd (inference) the map is processed in horizontal strips of whole windows of
+    about ``chunk_pixels`` tokens: every intermediate (norm, queries, keys, values, attention, MLP)
+    then exists for one strip at a time, which bounds memory and keeps allocations small enough for
+    the allocator to reuse (a fresh 100 MB tensor costs more in page faults than a matrix product
+    on it). The depthwise conv reads a halo of rows around each strip, so strips give exactly the
+    whole-map result. With autograd the block runs whole: the backward of each strip's gather
+    would write a full-size gradient.
 
     Args:
         dim: Channels.
@@ -159,11 +188,11 @@ class WindowAttentionBlock(nn.Module):
         shift: Window offset in pixels (0 for an unshifted block).
         mlp_ratio: Hidden width of the MLP relative to ``dim``.
         value_kernel: Kernel of the depthwise conv on the values, added to the attention output.
-        chunk_pixels: Tokens per strip (batch included); results do not depend on it.
+        chunk_pixels: Tokens per strip at inference (batch included); results do not depend on it.
     """
 
     def __init__(
-        self, dim: int, heads: int, window_size: int, shift: int, mlp_ratio: float, value_kernel: int, chunk_pixels: int = 1 << 16
+        self, dim: int, heads: int, window_size: int, shift: int, mlp_ratio: float, value_kernel: int, chunk_pixels: int = 1 << 14
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -182,7 +211,7 @@ class WindowAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
     def forward(
-        self, tokens: Tensor, position_bias: Tensor, foreign_queries: list[Tensor] | None = None
+        self, tokens: Tensor, position_bias: Tensor, foreign_queries: list[Tensor] | None = None, in_strips: bool | None = None
     ) -> tuple[Tensor, list[Tensor]]:
         """Run the block on (B, H, W, C) tokens.
 
@@ -191,6 +220,8 @@ class WindowAttentionBlock(nn.Module):
             position_bias: (1, heads, N, N) additive attention bias.
             foreign_queries: The other branch's windowed queries from the same block position (its
                 second return value), used instead of this block's own (cross-fusion gating).
+            in_strips: Process in strips of about ``chunk_pixels``; ``None`` means when autograd is
+                off. A block given ``foreign_queries`` must use the same setting as the one they came from.
 
         Returns:
             The output tokens and, per strip, the windowed queries that were used.
@@ -202,7 +233,10 @@ class WindowAttentionBlock(nn.Module):
                 "pad the input to GIFNet.size_multiple"
             )
         padding = self.window_size if self.shift else 0
-        strip_rows = self.window_size * max(1, self.chunk_pixels // (batch * (width + padding) * self.window_size))
+        if in_strips is None:
+            in_strips = not torch.is_grad_enabled()
+        strip_tokens = self.chunk_pixels if in_strips else batch * (height + padding) * (width + padding)
+        strip_rows = self.window_size * max(1, strip_tokens // (batch * (width + padding) * self.window_size))
         outputs, used_queries = [], []
         for index, top in enumerate(range(0, height + padding, strip_rows)):
             bottom = min(top + strip_rows, height + padding)
@@ -287,7 +321,8 @@ class CrossGatedBranches(nn.Module):
         gate_init: Initial value of the gating scalars (alpha).
         downsample: Run the branches at 1/downsample resolution (average-pooled in, bilinear
             upsampled out); 1 keeps full resolution.
-        chunk_pixels: Tokens per strip in the attention blocks (bounds memory; no effect on results).
+        chunk_pixels: Pixels (batch included) per horizontal strip at inference, in the embedding,
+            attention blocks and un-embedding (bounds memory; no effect on results).
     """
 
     def __init__(
@@ -306,7 +341,7 @@ class CrossGatedBranches(nn.Module):
         super().__init__()
         if depth < 1 or downsample < 1:
             raise ValueError(f"branch depth ({depth}) and downsample ({downsample}) must be at least 1")
-        self.depth, self.downsample = depth, downsample
+        self.depth, self.downsample, self.chunk_pixels = depth, downsample, chunk_pixels
         self.embed = nn.ModuleList(conv3x3(dim, dim) for _ in BRANCHES)
         self.blocks = nn.ModuleList(
             nn.ModuleList(
@@ -330,19 +365,20 @@ class CrossGatedBranches(nn.Module):
         secondary = 1 - primary
         if self.downsample > 1:
             features = F.avg_pool2d(features, self.downsample)
-        tokens = to_tokens(self.embed[primary](features))
+        tokens = to_tokens(in_row_strips(self.embed[primary], [features], 1, self.chunk_pixels))
         with torch.no_grad():
-            helper = to_tokens(self.embed[secondary](features))
+            helper = to_tokens(in_row_strips(self.embed[secondary], [features], 1, self.chunk_pixels))
+        in_strips = not torch.is_grad_enabled()  # the secondary branch must cut the primary's strips
         for index in range(self.depth):
             bias = self.position_biases[index]()
-            tokens, queries = self.blocks[primary][index](tokens, bias)
+            tokens, queries = self.blocks[primary][index](tokens, bias, in_strips=in_strips)
             if index < self.secondary_depth:
                 with torch.no_grad():
                     shared_queries = queries if index % 2 == 0 else None
-                    helper, _ = self.blocks[secondary][index](helper, bias, foreign_queries=shared_queries)
+                    helper, _ = self.blocks[secondary][index](helper, bias, foreign_queries=shared_queries, in_strips=in_strips)
             if index % 2 == 0:
-                tokens = tokens + self.gates[primary, index // 2] * helper
-        output = self.unembed(to_feature_map(tokens))
+                tokens = torch.addcmul(tokens, self.gates[primary, index // 2], helper)
+        output = in_row_strips(self.unembed, [to_feature_map(tokens)], 1, self.chunk_pixels)
         if self.downsample > 1:
             output = F.interpolate(output, scale_factor=self.downsample, mode="bilinear", align_corners=False)
         return output
@@ -398,8 +434,9 @@ class GIFNet(nn.Module):
             published; 2 or 4 for speed).
         decoder_pointwise_channels: Widths of the global decoder's 1x1 convs (each followed by ReLU).
         decoder_channels: Hidden widths of the global decoder's 3x3 convs before the last one.
-        attention_chunk_pixels: Tokens per strip in the attention blocks: bounds the memory of large
-            images and keeps them fast; results do not depend on it.
+        inference_chunk_pixels: Pixels (batch included) per horizontal strip at inference: every
+            stage runs strip by strip, which bounds the memory of large images and keeps them fast;
+            results do not depend on it.
     """
 
     def __init__(
@@ -418,10 +455,11 @@ class GIFNet(nn.Module):
         branch_downsample: int = 1,
         decoder_pointwise_channels: tuple[int, ...] = (98, 128),
         decoder_channels: tuple[int, ...] = (64, 32, 16),
-        attention_chunk_pixels: int = 1 << 16,
+        inference_chunk_pixels: int = 1 << 14,
     ) -> None:
         super().__init__()
         self.window_size, self.branch_downsample = window_size, branch_downsample
+        self.inference_chunk_pixels = inference_chunk_pixels
         self.encoder = DenseEncoder(2 * source_channels, encoder_growth, encoder_layers)
         dim = self.encoder.out_channels
         self.reconstruction_decoder = conv_decoder(dim, tuple(reconstruction_channels))
@@ -435,7 +473,7 @@ class GIFNet(nn.Module):
             position_hidden,
             gate_init,
             branch_downsample,
-            attention_chunk_pixels,
+            inference_chunk_pixels,
         )
         self.fusion_decoder = FusionDecoder(dim, tuple(decoder_pointwise_channels), tuple(decoder_channels))
 
@@ -456,11 +494,12 @@ class GIFNet(nn.Module):
             )
         # channels-last makes every conv of the network about 3x faster on CPU (oneDNN's native layout)
         stacked = torch.cat([a, b], dim=1).contiguous(memory_format=torch.channels_last)
-        return self.encoder(stacked)
+        return in_row_strips(self.encoder, [stacked], receptive_radius(self.encoder), self.inference_chunk_pixels)
 
     def reconstruct(self, features: Tensor) -> Tensor:
         """Shared features -> reconstruction of the second source, (B, 1, H, W) in [0, 1]."""
-        return torch.sigmoid(self.reconstruction_decoder(features))
+        decoder = self.reconstruction_decoder
+        return torch.sigmoid(in_row_strips(decoder, [features], receptive_radius(decoder), self.inference_chunk_pixels))
 
     def fuse_features(self, features: Tensor, branch: Tensor | int = MFIF_BRANCH) -> Tensor:
         """Shared features -> fused image (B, 1, H, W) in [0, 1], each sample through its ``branch``.
@@ -479,7 +518,8 @@ class GIFNet(nn.Module):
                 # samples are grouped by primary branch: one pass per group, no per-sample loop
                 members = (branch == index).nonzero().squeeze(1)
                 branch_features = branch_features.index_copy(0, members, self.branches(features[members], index))
-        return self.fusion_decoder(features, branch_features)
+        decoder = self.fusion_decoder
+        return in_row_strips(decoder, [features, branch_features], receptive_radius(decoder), self.inference_chunk_pixels)
 
     def forward(self, a: Tensor, b: Tensor, branch: Tensor | int = MFIF_BRANCH) -> Tensor:
         """Fuse two (B, 1, H, W) sources in [0, 1]; H and W multiples of :attr:`size_multiple`."""
@@ -527,8 +567,8 @@ class GIFNetModule(FusionModule):
             published; 2 or 4 for speed).
         decoder_pointwise_channels: Widths of the global decoder's 1x1 convs.
         decoder_channels: Hidden widths of the global decoder's 3x3 convs.
-        attention_chunk_pixels: Tokens per strip in the attention blocks (bounds memory on large
-            images; results do not depend on it).
+        inference_chunk_pixels: Pixels per horizontal strip at inference (bounds memory on large
+            images and keeps them fast; results do not depend on it).
         ivif_branch_tasks: Tasks trained through the IVIF branch; the rest train the MFIF branch.
         inference_branch: Branch that fuses at validation, test and predict: ``mfif`` for every task
             (as the public model), ``ivif``, or ``trained`` (each task through the branch it trains).
@@ -565,7 +605,7 @@ class GIFNetModule(FusionModule):
         branch_downsample: int = 1,
         decoder_pointwise_channels: tuple[int, ...] = (98, 128),
         decoder_channels: tuple[int, ...] = (64, 32, 16),
-        attention_chunk_pixels: int = 1 << 16,
+        inference_chunk_pixels: int = 1 << 14,
         ivif_branch_tasks: tuple[str, ...] = ("ivif", "meif", "med", "nir"),
         inference_branch: Literal["mfif", "ivif", "trained"] = "mfif",
         intensity_weight: float = 1.0,
