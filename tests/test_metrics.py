@@ -12,6 +12,7 @@ import torch
 from scipy.ndimage import uniform_filter
 
 from conftest import PROJECT_ROOT
+from lightning_modules import metrics
 from lightning_modules.metrics import (
     EXTRA_METRICS,
     HIGHER_IS_BETTER,
@@ -57,7 +58,10 @@ def test_matches_the_numpy_reference(reference, height, width, saturate):
         assert float(values[name][0]) == pytest.approx(expected, rel=1e-6, abs=1e-12), name
 
 
-def test_a_batch_equals_its_images_one_by_one():
+@pytest.mark.parametrize("chunk_pixels", [None, 1])
+def test_a_batch_equals_its_images_one_by_one(monkeypatch, chunk_pixels):
+    if chunk_pixels is not None:  # one image per chunk
+        monkeypatch.setitem(metrics._CHUNK_PIXELS, "cpu", chunk_pixels)
     rng = np.random.default_rng(1)
     images = [[smooth_image(rng, 48, 56, saturate=i == 1) for _ in range(3)] for i in range(3)]
     batched = compute_metrics(*(as_batch(*column) for column in zip(*images)), PAIR_METRICS)
