@@ -166,3 +166,15 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
         tiny_module(energy_backbone_weights=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="ms_ssim_scales"):
         tiny_module(ms_ssim_scales=6)
+
+
+def test_losses_stay_float32_under_bf16_autocast() -> None:
+    """bf16-mixed training: the network may run in bfloat16, the SSIM-family losses must not."""
+    module = tiny_module()
+    batch = mixed_batch(*MIX)
+    exact = module.training_losses(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = module.training_losses(batch)
+    for name, value in mixed.items():
+        assert value.dtype == torch.float32, name
+        assert value.item() == pytest.approx(exact[name].item(), rel=0.05, abs=5e-3), name
