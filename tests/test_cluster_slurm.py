@@ -9,17 +9,20 @@ runs) and root; without SLURM they are skipped, except in CI where they must run
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 import torch
 
 from recipes.cli import wandb_run_id
-from tests._cluster_probe import read_events, weights_digest
-from tests._cluster_slurm import PROJECT_ROOT, LocalSlurmCluster, slurm_installed
+from _cluster_probe import read_events, weights_digest
+from _cluster_slurm import PROJECT_ROOT, LocalSlurmCluster, slurm_installed
+from _deepspeed_cpu import build_deepspeed_cpu_ops
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -94,6 +97,7 @@ DDP_SCRIPT = PROJECT_ROOT / "cluster" / "slurm" / "ddp.sbatch"
 DEEPSPEED_SCRIPT = PROJECT_ROOT / "cluster" / "slurm" / "deepspeed.sbatch"
 # Two "nodes" of one task each, on CPU: the GPUs the scripts ask for are dropped.
 CPU_ALLOCATION = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1"]
+BATCHES_PER_EPOCH = 2
 JOB_TIMEOUT_S = 300
 
 
@@ -105,73 +109,100 @@ def demo_shards() -> Path:
     return ensure_demo(progress=False)
 
 
-def job_environment(runs: Path, run_name: str) -> dict[str, str]:
-    """What a user would export before sbatch: the config, run name and runs folder."""
-    return {
-        "CONFIG": "recipes/configs/gifnet-tiny.yaml",
-        "RUN_NAME": run_name,
-        "UNIFUSE_RUNS_DIR": str(runs),
-        "OMP_NUM_THREADS": "1",  # two ranks share two cores
-    }
+@dataclasses.dataclass
+class TrainingJob:
+    """A submitted training job and where it leaves its traces."""
+
+    job_id: int
+    run_dir: Path
+    probe: Path
+    log: Path
+
+    def events(self, rank: int, event: str, restart: int | None = None) -> list[dict]:
+        """The probe's ``event`` records of ``rank`` (of one SLURM run of the job, or all)."""
+        records = read_events(self.probe).get(rank, [])
+        return [e for e in records if e["event"] == event and (restart is None or e["restart"] == restart)]
 
 
-def recipe_arguments(max_steps: int, probe: Path, step_delay_s: float = 0.0) -> list[str]:
-    return [
-        "--trainer.accelerator=cpu",
-        f"--trainer.max_steps={max_steps}",
-        "--trainer.callbacks+=tests._cluster_probe.TrainingProbe",
-        f"--trainer.callbacks.output_dir={probe}",
-        f"--trainer.callbacks.step_delay_s={step_delay_s}",
-    ]
+def submit_training(
+    cluster: LocalSlurmCluster,
+    script: Path,
+    run_name: str,
+    folder: Path,
+    max_steps: int,
+    recipe_options: Sequence[str] = (),
+    environment: dict[str, str] | None = None,
+    step_delay_s: float = 0.0,
+) -> TrainingJob:
+    """Submit a batch script as a user would (config, run name and runs folder exported), on CPU.
 
-
-def events_of(probe: Path, rank: int, event: str, restart: int | None = None) -> list[dict]:
-    return [e for e in read_events(probe).get(rank, []) if e["event"] == event and (restart is None or e["restart"] == restart)]
+    Validation is off (these tests are about distribution, not metrics) and so the checkpoint
+    callback monitors nothing: it then saves at the end of every epoch. The probe callback records
+    every rank's steps, sample keys and final weights.
+    """
+    runs, probe, log = folder / "runs", folder / "probe", folder / f"{run_name}.log"
+    job_id = cluster.submit(
+        script,
+        [*CPU_ALLOCATION, f"--job-name={run_name}", f"--output={log}"],
+        [
+            "--trainer.accelerator=cpu",
+            f"--trainer.max_steps={max_steps}",
+            f"--data.batches_per_epoch={BATCHES_PER_EPOCH}",
+            "--trainer.limit_val_batches=0",
+            "--checkpoint.monitor=null",
+            "--trainer.callbacks+=tests._cluster_probe.TrainingProbe",
+            f"--trainer.callbacks.output_dir={probe}",
+            f"--trainer.callbacks.step_delay_s={step_delay_s}",
+            *recipe_options,
+        ],
+        env={
+            "CONFIG": "recipes/configs/gifnet-tiny.yaml",
+            "RUN_NAME": run_name,
+            "UNIFUSE_RUNS_DIR": str(runs),
+            "OMP_NUM_THREADS": "1",  # two ranks share two cores
+            **(environment or {}),
+        },
+    )
+    return TrainingJob(job_id, runs / run_name, probe, log)
 
 
 @pytest.mark.slow
 def test_ddp_script_trains_two_nodes_on_different_data_to_identical_weights(
     cluster: LocalSlurmCluster, demo_shards: Path, tmp_path: Path
 ) -> None:
-    runs, probe, log = tmp_path / "runs", tmp_path / "probe", tmp_path / "ddp.log"
-    max_steps = 4
-    job_id = cluster.submit(
-        DDP_SCRIPT,
-        [*CPU_ALLOCATION, "--job-name=ddp-test", f"--output={log}"],
-        # Each rank reads its own fixed share of the shards, so the ranks' samples are disjoint.
-        # Without a monitored metric the checkpoint callback saves at every epoch end, so the
-        # last checkpoint holds the final weights whatever validation says.
-        [*recipe_arguments(max_steps, probe), "--data.resampled=false", "--checkpoint.monitor=null"],
-        env=job_environment(runs, "ddp"),
-    )
-    cluster.wait_until_done(job_id, JOB_TIMEOUT_S, log)
+    max_steps = 2 * BATCHES_PER_EPOCH
+    # Without resampling each rank reads its own fixed share of the shards: disjoint samples.
+    job = submit_training(cluster, DDP_SCRIPT, "ddp", tmp_path, max_steps, ["--data.resampled=false", "--trainer.logger=false"])
+    cluster.wait_until_done(job.job_id, JOB_TIMEOUT_S, job.log)
 
-    starts = {rank: events_of(probe, rank, "start") for rank in (0, 1)}
+    starts = {rank: job.events(rank, "start") for rank in (0, 1)}
     assert [len(starts[0]), len(starts[1])] == [1, 1], f"one start per rank expected: {starts}"
     assert {starts[rank][0]["world_size"] for rank in (0, 1)} == {2}
 
-    keys = {rank: [key for batch in events_of(probe, rank, "batch") for key in batch["keys"]] for rank in (0, 1)}
+    keys = {rank: [key for batch in job.events(rank, "batch") for key in batch["keys"]] for rank in (0, 1)}
     assert keys[0] and keys[1]
     assert not set(keys[0]) & set(keys[1]), f"both ranks trained on the same samples: {set(keys[0]) & set(keys[1])}"
 
-    ends = {rank: events_of(probe, rank, "end") for rank in (0, 1)}
+    ends = {rank: job.events(rank, "end") for rank in (0, 1)}
     assert [ends[0][0]["global_step"], ends[1][0]["global_step"]] == [max_steps, max_steps]
     assert ends[0][0]["weights_sha256"] == ends[1][0]["weights_sha256"], "the ranks ended with different weights"
 
-    checkpoints = runs / "ddp" / "checkpoints"
-    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    # One checkpoint of the final state, written once (rank 0); no preemption checkpoint.
+    checkpoints = sorted(path.name for path in (job.run_dir / "checkpoints").iterdir())
+    assert checkpoints == [f"epoch=1-step={max_steps}.ckpt", "last.ckpt"]
+    last = torch.load(job.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == max_steps
     assert weights_digest(last["state_dict"]) == ends[0][0]["weights_sha256"], "last.ckpt does not hold the final weights"
-    assert not list((runs / "ddp").glob("hpc_ckpt_*.ckpt")), "no preemption checkpoint without a signal"
+    assert not list(job.run_dir.glob("hpc_ckpt_*.ckpt"))
 
 
-def wait_for_training(cluster: LocalSlurmCluster, job_id: int, probe: Path, step: int, log: Path) -> None:
-    """Return once rank 0 finished training step ``step`` of the job's first run."""
+def wait_for_training(cluster: LocalSlurmCluster, job: TrainingJob, step: int) -> None:
+    """Return once rank 0 finished training step ``step`` in the job's first run."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not any(batch["global_step"] >= step for batch in events_of(probe, 0, "batch", restart=0)):
-        state = cluster.job(job_id).get("JobState")
-        if state != "RUNNING" and state != "PENDING" or time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} is {state} before training step {step}\n{cluster.report(log)}")
+    while not any(batch["global_step"] >= step for batch in job.events(0, "batch", restart=0)):
+        state = cluster.job(job.job_id).get("JobState")
+        if state not in ("RUNNING", "PENDING") or time.monotonic() > deadline:
+            raise AssertionError(f"job {job.job_id} is {state} before training step {step}\n{cluster.report(job.log)}")
         time.sleep(0.5)
 
 
@@ -179,66 +210,67 @@ def wait_for_training(cluster: LocalSlurmCluster, job_id: int, probe: Path, step
 def test_sigusr1_saves_requeues_and_the_job_resumes_where_it_stopped(
     cluster: LocalSlurmCluster, demo_shards: Path, tmp_path: Path
 ) -> None:
-    runs, probe, log = tmp_path / "runs", tmp_path / "probe", tmp_path / "preempt.log"
-    max_steps = 10
-    job_id = cluster.submit(
-        DDP_SCRIPT,
-        [*CPU_ALLOCATION, "--job-name=preempt-test", f"--output={log}"],
-        # Slow steps, so the job is still training when the signal comes.
-        recipe_arguments(max_steps, probe, step_delay_s=1.0),
-        env=job_environment(runs, "preempt"),
-    )
-    wait_for_training(cluster, job_id, probe, step=2, log=log)
+    max_steps = 3 * BATCHES_PER_EPOCH
+    # Slow steps, so that the job is still training when the signal comes.
+    job = submit_training(cluster, DDP_SCRIPT, "preempt", tmp_path, max_steps, step_delay_s=1.0)
+    wait_for_training(cluster, job, step=2)
 
     # What SLURM does 90 s before the time limit (--signal=SIGUSR1@90): signal every task.
-    cluster.command("scancel", "--signal=USR1", str(job_id))
-    fields = cluster.wait_for(job_id, lambda f: int(f.get("Restarts", 0)) >= 1, 120, "a requeue", log)
-    if fields.get("Reason") == "BeginTime":  # SLURM holds a requeued job ~2 min; let it start now
-        cluster.command("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-    fields = cluster.wait_until_done(job_id, JOB_TIMEOUT_S, log)
+    cluster.command("scancel", "--signal=USR1", str(job.job_id))
+    fields = cluster.wait_for(
+        job.job_id,
+        # past the kill of the first run (COMPLETING), back in the queue or already running again
+        lambda f: int(f.get("Restarts", 0)) >= 1 and f["JobState"] not in ("COMPLETING", "REQUEUED"),
+        120,
+        "a requeue",
+        job.log,
+    )
+    if fields["JobState"] == "PENDING":  # SLURM holds a requeued job ~2 min (BeginTime); let it start now
+        cluster.command("scontrol", "update", f"JobId={job.job_id}", "StartTime=now")
+    fields = cluster.wait_until_done(job.job_id, JOB_TIMEOUT_S, job.log)
     assert fields["Restarts"] == "1"
 
-    hpc_checkpoints = sorted((runs / "preempt").glob("hpc_ckpt_*.ckpt"))
+    hpc_checkpoints = sorted(job.run_dir.glob("hpc_ckpt_*.ckpt"))
     assert [path.name for path in hpc_checkpoints] == ["hpc_ckpt_1.ckpt"], hpc_checkpoints
     saved_step = torch.load(hpc_checkpoints[0], map_location="cpu", weights_only=False)["global_step"]
     assert 2 <= saved_step < max_steps
 
     for rank in (0, 1):
-        first_run_steps = [batch["global_step"] for batch in events_of(probe, rank, "batch", restart=0)]
+        first_run_steps = [batch["global_step"] for batch in job.events(rank, "batch", restart=0)]
         assert max(first_run_steps) == saved_step, f"rank {rank} trained past the step it saved"
-        starts = events_of(probe, rank, "start")
+        starts = job.events(rank, "start")
         assert [(start["restart"], start["global_step"]) for start in starts] == [(0, 0), (1, saved_step)]
-        resumed_steps = [batch["global_step"] for batch in events_of(probe, rank, "batch", restart=1)]
+        resumed_steps = [batch["global_step"] for batch in job.events(rank, "batch", restart=1)]
         assert resumed_steps == list(range(saved_step + 1, max_steps + 1)), f"rank {rank} did not continue the global step"
-        assert events_of(probe, rank, "end", restart=1)[-1]["global_step"] == max_steps
 
-    final = [events_of(probe, rank, "end", restart=1)[-1]["weights_sha256"] for rank in (0, 1)]
-    assert final[0] == final[1], "the ranks ended with different weights"
+    final = [job.events(rank, "end", restart=1)[-1] for rank in (0, 1)]
+    assert [end["global_step"] for end in final] == [max_steps, max_steps]
+    assert final[0]["weights_sha256"] == final[1]["weights_sha256"], "the ranks ended with different weights"
 
     run_id = wandb_run_id("preempt")
-    assert [start["wandb_run_id"] for start in events_of(probe, 0, "start")] == [run_id, run_id]
-    wandb_runs = sorted((runs / "preempt" / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert [start["wandb_run_id"] for start in job.events(0, "start")] == [run_id, run_id]
+    wandb_runs = sorted((job.run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(wandb_runs) == 2, f"both runs of the job should log to W&B run {run_id}: {wandb_runs}"
 
 
 @pytest.mark.slow
 def test_deepspeed_script_trains_zero2_on_two_nodes(cluster: LocalSlurmCluster, demo_shards: Path, tmp_path: Path) -> None:
-    runs, probe, log = tmp_path / "runs", tmp_path / "probe", tmp_path / "deepspeed.log"
-    max_steps = 3
-    job_id = cluster.submit(
+    build_deepspeed_cpu_ops()  # compiled (once per machine) before the ranks start
+    max_steps = BATCHES_PER_EPOCH
+    job = submit_training(
+        cluster,
         DEEPSPEED_SCRIPT,
-        [*CPU_ALLOCATION, "--job-name=deepspeed-test", f"--output={log}"],
-        recipe_arguments(max_steps, probe),
-        env={
-            **job_environment(runs, "zero2"),
-            "ZERO_STAGE": "2",
-            "DEEPSPEED_STRATEGY": "tests._deepspeed_cpu.CPUDeepSpeedStrategy",  # DeepSpeedStrategy wants CUDA
-        },
+        "zero2",
+        tmp_path,
+        max_steps,
+        ["--trainer.logger=false"],
+        # Lightning's DeepSpeed strategy wants CUDA; the test-only subclass runs it on CPU processes.
+        environment={"ZERO_STAGE": "2", "DEEPSPEED_STRATEGY": "tests._deepspeed_cpu.CPUDeepSpeedStrategy"},
     )
-    cluster.wait_until_done(job_id, JOB_TIMEOUT_S, log)
+    cluster.wait_until_done(job.job_id, JOB_TIMEOUT_S, job.log)
 
-    ends = [events_of(probe, rank, "end")[-1] for rank in (0, 1)]
+    ends = [job.events(rank, "end")[-1] for rank in (0, 1)]
     assert [end["global_step"] for end in ends] == [max_steps, max_steps]
     assert ends[0]["weights_sha256"] == ends[1]["weights_sha256"]
-    shards = sorted(path.name for path in (runs / "zero2" / "checkpoints" / "last.ckpt").glob("*/*optim_states.pt"))
+    shards = sorted(path.name for path in (job.run_dir / "checkpoints" / "last.ckpt").glob("*/*optim_states.pt"))
     assert shards == [f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)]

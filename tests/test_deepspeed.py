@@ -20,8 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests._cluster_probe import read_events, weights_digest
-from tests._cluster_slurm import PROJECT_ROOT
+from _cluster_probe import read_events, weights_digest
+from _cluster_slurm import PROJECT_ROOT
+from _deepspeed_cpu import build_deepspeed_cpu_ops
 
 TINY_CONFIG = "recipes/configs/gifnet-tiny.yaml"
 MAX_STEPS = 2  # one epoch: the checkpoint saved at its end holds the final weights
@@ -48,9 +49,17 @@ def write_pairs(root: Path, count: int) -> None:
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(pair / "b.png")
 
 
+@pytest.fixture(scope="module")
+def deepspeed_ops() -> Path:
+    """DeepSpeed's CPU op compiled (once per machine) before the ranks start."""
+    return build_deepspeed_cpu_ops()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
-def test_zero_trains_on_two_cpu_processes_and_converts_to_a_checkpoint_predict_loads(stage: int, tmp_path: Path) -> None:
+def test_zero_trains_on_two_cpu_processes_and_converts_to_a_checkpoint_predict_loads(
+    stage: int, deepspeed_ops: Path, tmp_path: Path
+) -> None:
     runs, probe = tmp_path / "runs", tmp_path / "probe"
     run_recipe(
         "fit",
