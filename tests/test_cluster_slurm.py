@@ -23,6 +23,7 @@ from recipes.cli import wandb_run_id
 from _cluster_probe import read_events, weights_digest
 from _cluster_slurm import PROJECT_ROOT, LocalSlurmCluster, slurm_installed
 from _deepspeed_cpu import build_deepspeed_cpu_ops
+from _deepspeed_roundtrip import assert_converts_and_predict_loads, assert_shards_of_both_ranks
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -254,7 +255,9 @@ def test_sigusr1_saves_requeues_and_the_job_resumes_where_it_stopped(
 
 
 @pytest.mark.slow
-def test_deepspeed_script_trains_zero2_on_two_nodes(cluster: LocalSlurmCluster, demo_shards: Path, tmp_path: Path) -> None:
+def test_deepspeed_script_trains_zero2_and_its_checkpoint_converts_for_predict(
+    cluster: LocalSlurmCluster, demo_shards: Path, tmp_path: Path
+) -> None:
     build_deepspeed_cpu_ops()  # compiled (once per machine) before the ranks start
     max_steps = BATCHES_PER_EPOCH
     job = submit_training(
@@ -271,6 +274,7 @@ def test_deepspeed_script_trains_zero2_on_two_nodes(cluster: LocalSlurmCluster, 
 
     ends = [job.events(rank, "end")[-1] for rank in (0, 1)]
     assert [end["global_step"] for end in ends] == [max_steps, max_steps]
-    assert ends[0]["weights_sha256"] == ends[1]["weights_sha256"]
-    shards = sorted(path.name for path in (job.run_dir / "checkpoints" / "last.ckpt").glob("*/*optim_states.pt"))
-    assert shards == [f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)]
+    assert ends[0]["weights_sha256"] == ends[1]["weights_sha256"], "the ranks ended with different weights"
+    checkpoint_dir = job.run_dir / "checkpoints" / "last.ckpt"
+    assert_shards_of_both_ranks(checkpoint_dir, stage=2)
+    assert_converts_and_predict_loads(checkpoint_dir, ends[0]["weights_sha256"], max_steps, tmp_path)
