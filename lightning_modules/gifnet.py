@@ -192,7 +192,7 @@ class WindowAttentionBlock(nn.Module):
     """
 
     def __init__(
-        self, dim: int, heads: int, window_size: int, shift: int, mlp_ratio: float, value_kernel: int, chunk_pixels: int = 1 << 14
+        self, dim: int, heads: int, window_size: int, shift: int, mlp_ratio: float, value_kernel: int, chunk_pixels: int = 40960
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -457,7 +457,7 @@ class GIFNet(nn.Module):
         branch_downsample: int = 1,
         decoder_pointwise_channels: tuple[int, ...] = (98, 128),
         decoder_channels: tuple[int, ...] = (64, 32, 16),
-        inference_chunk_pixels: int = 1 << 14,
+        inference_chunk_pixels: int = 40960,
     ) -> None:
         super().__init__()
         self.window_size, self.branch_downsample = window_size, branch_downsample
@@ -607,7 +607,7 @@ class GIFNetModule(FusionModule):
         branch_downsample: int = 1,
         decoder_pointwise_channels: tuple[int, ...] = (98, 128),
         decoder_channels: tuple[int, ...] = (64, 32, 16),
-        inference_chunk_pixels: int = 1 << 14,
+        inference_chunk_pixels: int = 40960,
         ivif_branch_tasks: tuple[str, ...] = ("ivif", "meif", "med", "nir"),
         inference_branch: Literal["mfif", "ivif", "trained"] = "mfif",
         intensity_weight: float = 1.0,
