@@ -30,6 +30,7 @@ import math
 from typing import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -41,9 +42,10 @@ from lightning_modules.metric_filters import (
     box_sums,
     column_blocks,
     filter_columns,
-    sobel_mirrored_and_zero_padded,
+    sobel,
     to_image_layout,
     valid_length,
+    zero_padded_border_sobel,
 )
 
 SOURCE_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "Nabf", "SSIM", "CC", "PSNR")
@@ -194,9 +196,11 @@ class _Batch:
         return torch.bincount(index.flatten(), minlength=self.batch * 256).view(self.batch, 256)
 
     @functools.cached_property
-    def sobel(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        """Sobel responses (horizontal, vertical) of A, B, F: (mirrored padding, zero padding)."""
-        return sobel_mirrored_and_zero_padded(self.levels32)
+    def edges(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Sobel edges of A, B, F on a mirrored image (the edge pixel not repeated), (3, B, H, W) float32:
+        (horizontal, vertical, magnitude, atan(vertical / horizontal)); the angle is NaN where both are 0."""
+        horizontal, vertical = sobel(F.pad(self.levels32, (1, 1, 1, 1), mode="reflect"))
+        return horizontal, vertical, _magnitude(horizontal, vertical), torch.atan(vertical / horizontal)
 
     @functools.cached_property
     def ssim_terms(self) -> _SsimTerms:
@@ -388,14 +392,12 @@ def _magnitude(horizontal: Tensor, vertical: Tensor) -> Tensor:
     return torch.sqrt(torch.addcmul(horizontal * horizontal, vertical, vertical))
 
 
-def _qabf(batch: _Batch) -> Tensor:
-    """Xydeas-Petrovic edge preservation Q^{AB/F} (reference convention, float32 as the reference)."""
-    if batch.height < 2 or batch.width < 2:
-        return batch.nan()
-    # True 2-D convolution negates both Sobel responses: magnitude and atan(Sy / Sx) do not change.
-    _, (horizontal, vertical) = batch.sobel
-    magnitude = _magnitude(horizontal, vertical)
-    orientation = torch.where(horizontal == 0, math.pi / 2, torch.atan(vertical / horizontal))
+def _qabf_orientation(horizontal: Tensor, angle: Tensor) -> Tensor:
+    return torch.where(horizontal == 0, math.pi / 2, angle)
+
+
+def _qabf_sums(magnitude: Tensor, orientation: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image sums of Q^{AF} g_A + Q^{BF} g_B and of g_A + g_B over (3, B, ...) maps of A, B, F."""
     g, g_f = magnitude[:2], magnitude[2:]
     strength = torch.minimum(g, g_f).div_(torch.maximum(g, g_f))
     # Quirk of the common implementation: where the magnitudes are equal the "ratio" is F's magnitude.
@@ -403,8 +405,25 @@ def _qabf(batch: _Batch) -> Tensor:
     alignment = (orientation[:2] - orientation[2:]).abs_().mul_(-2 / math.pi).add_(1.0)
     # T / (1 + exp(k (x - D))) with k < 0 is T * sigmoid(|k| (x - D)); the T factors go last.
     kept = torch.sigmoid(strength.sub_(0.5).mul_(15)).mul_(torch.sigmoid(alignment.sub_(0.8).mul_(22)))
-    numerator = kept.mul_(g).sum((0, 2, 3), dtype=torch.float64) * (0.9994 * 0.9879)
-    return numerator / g.sum((0, 2, 3), dtype=torch.float64)  # 0 / 0 = NaN: no source has an edge
+    dims = (0, *range(2, g.ndim))
+    return kept.mul_(g).sum(dims, dtype=torch.float64) * (0.9994 * 0.9879), g.sum(dims, dtype=torch.float64)
+
+
+def _qabf(batch: _Batch) -> Tensor:
+    """Xydeas-Petrovic edge preservation Q^{AB/F} (reference convention, float32 as the reference)."""
+    if batch.height < 2 or batch.width < 2:
+        return batch.nan()
+    # The reference convolves on a zero-padded image: inside, that is the shared mirrored Sobel; the
+    # one-pixel border is recomputed with zeros. True 2-D convolution negates both responses, which
+    # changes neither the magnitude nor atan(Sy / Sx).
+    horizontal, _, magnitude, angle = batch.edges
+    inside = (slice(None), slice(None), slice(1, -1), slice(1, -1))
+    numerator, denominator = _qabf_sums(magnitude[inside], _qabf_orientation(horizontal[inside], angle[inside]))
+    for strip_horizontal, strip_vertical in zero_padded_border_sobel(batch.levels32):
+        strip_angle = torch.atan(strip_vertical / strip_horizontal)
+        strip = _qabf_sums(_magnitude(strip_horizontal, strip_vertical), _qabf_orientation(strip_horizontal, strip_angle))
+        numerator, denominator = numerator + strip[0], denominator + strip[1]
+    return numerator / denominator  # 0 / 0 = NaN: no source has an edge
 
 
 def _nabf(batch: _Batch) -> Tensor:
@@ -414,20 +433,20 @@ def _nabf(batch: _Batch) -> Tensor:
     # Sobel / 8 by correlation on a mirrored image that leaves out the edge pixel, as the common
     # Python port does (repeating the edge pixel changes results by several %). Magnitudes stay
     # 8x here: the thresholds and weights below are scaled to match.
-    (horizontal, vertical), _ = batch.sobel
-    magnitude = _magnitude(horizontal, vertical)
+    _, _, magnitude, angle = batch.edges
     g, g_f = magnitude[:2], magnitude[2:]
     # Weights g^1.5 where g >= Td = 2 (16 in 8x units), else 0.001 (times 8^1.5 in 8x units).
     weights = torch.where(g >= 16, g * g.sqrt(), 0.001 * 8**1.5)
     # Orientation atan(Gv / Gh) with Gv = bottom - top = -vertical: all orientations are negated,
     # which leaves their differences unchanged. Gh = 0 gives +-pi/2 (x / 0 = +-inf); both 0 give 0.
-    orientation = torch.where((horizontal == 0) & (vertical == 0), 0.0, torch.atan(vertical / horizontal))
+    orientation = torch.nan_to_num(angle, nan=0.0)
     low, high = torch.minimum(g, g_f), torch.maximum(g, g_f)
     strength = torch.where(low == 0, 0.0, low / high)
     alignment = (orientation[:2] - orientation[2:]).abs_().sub_(math.pi / 2).abs_().mul_(2 / math.pi)
     kept = torch.sigmoid(strength.sub_(0.5).mul_(19)).mul_(torch.sigmoid(alignment.sub_(0.5).mul_(22)))
     kept = kept.mul_(0.9999 * 0.9995).sqrt_()
-    # Artifacts: where F's gradient exceeds both sources'.
+    # Artifacts: where F's gradient exceeds both sources'. (Gathering only those pixels first costs
+    # more than it saves: boolean indexing is slow.)
     artifacts = (g_f[0] > g[0]) & (g_f[0] > g[1])
     lost = torch.where(artifacts, kept.neg_().add_(1.0).mul_(weights), 0.0)
     return lost.sum((0, 2, 3), dtype=torch.float64) / weights.sum((0, 2, 3), dtype=torch.float64)

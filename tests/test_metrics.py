@@ -68,7 +68,8 @@ def test_a_batch_equals_its_images_one_by_one(monkeypatch, chunk_pixels):
     for index, (f, a, b) in enumerate(images):
         single = compute_metrics(as_batch(f), as_batch(a), as_batch(b), PAIR_METRICS)
         for name in PAIR_METRICS:
-            assert float(batched[name][index]) == pytest.approx(float(single[name][0]), rel=1e-12, abs=1e-15), name
+            # float32 steps may take vectorised or scalar code paths depending on the shape: ~1e-9
+            assert float(batched[name][index]) == pytest.approx(float(single[name][0]), rel=1e-8, abs=1e-12), name
 
 
 def test_grey_conversion_matches_opencv_on_float32_bgr(reference):
