@@ -245,16 +245,18 @@ def bench_pair(height: int = 480, width: int = 640) -> tuple[np.ndarray, np.ndar
     return tuple(np.round(image).astype(np.uint8) for image in smooth)  # type: ignore[return-value]
 
 
-def median_seconds(run: Callable[[], object], repeats: int, synchronize: Callable[[], None]) -> float:
+def median_seconds(run: Callable[[], object], repeats: int, synchronize: Callable[[], None]) -> tuple[float, float]:
+    """Median wall-clock and median process CPU seconds (all threads) of ``repeats`` runs."""
     run()  # warm-up: allocator, lazy initialisation, CUDA kernels
     synchronize()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         run()
         synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main() -> None:
@@ -282,19 +284,23 @@ def main() -> None:
 
     print(f"torch {torch.__version__} on {device} ({torch.get_num_threads()} CPU threads), numpy {np.__version__}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; 640 x 480, median of {args.repeats} runs")
-    print(f"{'metric':<10}{'torch ms':>10}{'numpy ms':>11}{'ratio':>8}")
-    numpy_total = 0.0
+    print(f"{'metric':<10}{'torch ms':>10}{'numpy ms':>11}{'ratio':>8}      (wall clock)")
+    numpy_total = numpy_total_cpu = 0.0
     for name in names:
-        torch_seconds = median_seconds(lambda: compute_metrics(*one, [name]), args.repeats, synchronize)
-        numpy_seconds = median_seconds(lambda: REFERENCE[name](*levels), args.repeats, lambda: None)
+        torch_seconds, _ = median_seconds(lambda: compute_metrics(*one, [name]), args.repeats, synchronize)
+        numpy_seconds, numpy_cpu = median_seconds(lambda: REFERENCE[name](*levels), args.repeats, lambda: None)
         numpy_total += numpy_seconds
+        numpy_total_cpu += numpy_cpu
         print(f"{name:<10}{torch_seconds * 1e3:>10.1f}{numpy_seconds * 1e3:>11.1f}{numpy_seconds / torch_seconds:>7.1f}x")
-    suite = median_seconds(lambda: compute_metrics(*one, names), args.repeats, synchronize)
-    print(f"{'all, 1':<10}{suite * 1e3:>10.1f}{numpy_total * 1e3:>11.1f}{numpy_total / suite:>7.1f}x   (numpy: sum of the per-metric medians)")
-    batched = median_seconds(lambda: compute_metrics(*batch, names), args.repeats, synchronize)
-    per_pair = batched / args.batch
-    print(f"{'all, ' + str(args.batch):<10}{batched * 1e3:>10.1f}{numpy_total * args.batch * 1e3:>11.1f}{numpy_total / per_pair:>7.1f}x"
-          f"   ({per_pair * 1e3:.1f} ms per pair in the batch)")
+    suite, suite_cpu = median_seconds(lambda: compute_metrics(*one, names), args.repeats, synchronize)
+    batched, batched_cpu = median_seconds(lambda: compute_metrics(*batch, names), args.repeats, synchronize)
+    print(f"full suite (numpy: sum of the per-metric medians; its batch: {args.batch} x one pair)")
+    print(f"{'':<10}{'torch ms':>10}{'numpy ms':>11}{'ratio':>8}{'torch CPU ms':>14}{'numpy CPU ms':>14}{'CPU ratio':>10}")
+    for label, count, wall, cpu in (("1 pair", 1, suite, suite_cpu), (f"{args.batch} pairs", args.batch, batched, batched_cpu)):
+        print(f"{label:<10}{wall * 1e3:>10.1f}{numpy_total * count * 1e3:>11.1f}{numpy_total * count / wall:>7.1f}x"
+              f"{cpu * 1e3:>14.1f}{numpy_total_cpu * count * 1e3:>14.1f}{numpy_total_cpu * count / cpu:>9.1f}x")
+    print(f"per pair in the batch: {batched / args.batch * 1e3:.1f} ms wall, {batched_cpu / args.batch * 1e3:.1f} ms CPU; "
+          f"load average now {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
