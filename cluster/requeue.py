@@ -7,7 +7,7 @@ inside the step's gradient all-reduce: mismatched collectives, which hang NCCL u
 then the job dies at its time limit, unsaved and not requeued.
 
 :class:`SynchronizedRequeue` takes the signal over: the handler only notes it, and at the end of
-every training batch the ranks agree (one all-reduce of a flag) whether any of them was signalled.
+every optimizer step the ranks agree (one all-reduce of a flag) whether any of them was signalled.
 Then all of them save Lightning's ``hpc_ckpt_<n>.ckpt`` in the run directory at the same step, rank
 0 runs ``scontrol requeue``, and training stops. The requeued job keeps its job id; Lightning finds
 the ``hpc`` checkpoint in ``default_root_dir`` and resumes from it.
@@ -51,6 +51,7 @@ class SynchronizedRequeue(Callback):
         self.requeued = False
         self._environment: SLURMEnvironment | None = None
         self._previous_handler: Any = None
+        self._last_step = 0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # The object Lightning's signal connector reads (single-device strategies have no
@@ -70,10 +71,20 @@ class SynchronizedRequeue(Callback):
         # Only a flag: anything collective here could interleave with the step's own collectives.
         self.signalled = True
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_step = trainer.global_step
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._environment is None or self.requeued or trainer.global_step % self.check_every_n_steps:
+        if self._environment is None or self.requeued:
+            return
+        # Act only right after an optimizer step: a save between the micro-batches of gradient
+        # accumulation would lose the gradients gathered so far.
+        if trainer.global_step == self._last_step:
+            return
+        self._last_step = trainer.global_step
+        if trainer.global_step % self.check_every_n_steps:
             return
         # Every rank reaches this point in the same order, so the all-reduce pairs up across ranks.
         if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):

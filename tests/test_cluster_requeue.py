@@ -18,7 +18,6 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 
 from cluster.requeue import SynchronizedRequeue
 
-SIGNAL_AT_STEP = 3
 
 
 class _Regression(LightningModule):
@@ -39,13 +38,13 @@ class _Regression(LightningModule):
 
 
 class _SignalSelf(Callback):
-    """Sends this process the requeue signal after batch ``at_step``, as SLURM would."""
+    """Sends this process the requeue signal after training batch ``at_batch`` (0-based), as SLURM would."""
 
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
+    def __init__(self, at_batch: int) -> None:
+        self.at_batch = at_batch
 
-    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        if trainer.global_step == self.at_step:
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx == self.at_batch:
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
@@ -73,41 +72,45 @@ def slurm_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return calls
 
 
-def test_signal_saves_requeues_and_stops_at_the_next_batch(slurm_job: Path, tmp_path: Path) -> None:
-    requeue = SynchronizedRequeue()
-    handler_before = signal.getsignal(signal.SIGUSR1)
-    trainer = Trainer(
+def _trainer(tmp_path: Path, max_steps: int, callbacks: list[Callback], **options: Any) -> Trainer:
+    return Trainer(
         accelerator="cpu",
         devices=1,
-        max_steps=10,
-        plugins=[SLURMEnvironment()],
-        callbacks=[_SignalSelf(SIGNAL_AT_STEP), requeue],
+        max_steps=max_steps,
+        callbacks=callbacks,
         default_root_dir=tmp_path / "run",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
+        **options,
     )
+
+
+def test_signal_saves_requeues_and_stops_after_the_step_it_came_in(slurm_job: Path, tmp_path: Path) -> None:
+    handler_before = signal.getsignal(signal.SIGUSR1)
+    # The signal comes during step 3 (batch index 2), which then is the step that saves.
+    trainer = _trainer(tmp_path, 10, [_SignalSelf(at_batch=2), SynchronizedRequeue()], plugins=[SLURMEnvironment()])
     trainer.fit(_Regression())
 
-    assert trainer.global_step == SIGNAL_AT_STEP, "training should stop at the step the signal arrived in"
+    assert trainer.global_step == 3, "training should stop at the step the signal arrived in"
     checkpoint = torch.load(tmp_path / "run" / "hpc_ckpt_1.ckpt", weights_only=False)
-    assert checkpoint["global_step"] == SIGNAL_AT_STEP
+    assert checkpoint["global_step"] == 3
     assert slurm_job.read_text().split() == ["requeue", "4242"]
     assert signal.getsignal(signal.SIGUSR1) == handler_before, "the previous SIGUSR1 handler should be back after fit"
 
 
+def test_with_gradient_accumulation_it_saves_after_the_optimizer_step(slurm_job: Path, tmp_path: Path) -> None:
+    # Two batches per step: batch index 6 is the first half of step 4, so step 4 completes before saving.
+    callbacks = [_SignalSelf(at_batch=6), SynchronizedRequeue()]
+    trainer = _trainer(tmp_path, 10, callbacks, plugins=[SLURMEnvironment()], accumulate_grad_batches=2)
+    trainer.fit(_Regression())
+
+    assert trainer.global_step == 4
+    assert torch.load(tmp_path / "run" / "hpc_ckpt_1.ckpt", weights_only=False)["global_step"] == 4
+
+
 def test_a_run_without_the_signal_is_untouched(slurm_job: Path, tmp_path: Path) -> None:
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=5,
-        plugins=[SLURMEnvironment()],
-        callbacks=[SynchronizedRequeue()],
-        default_root_dir=tmp_path / "run",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-    )
+    trainer = _trainer(tmp_path, 5, [SynchronizedRequeue()], plugins=[SLURMEnvironment()])
     trainer.fit(_Regression())
 
     assert trainer.global_step == 5
@@ -123,16 +126,7 @@ def test_outside_slurm_it_installs_no_handler(tmp_path: Path) -> None:
         def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
             probe_handler.append(signal.getsignal(signal.SIGUSR1))
 
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=2,
-        callbacks=[SynchronizedRequeue(), _SeeHandler()],
-        default_root_dir=tmp_path / "run",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-    )
+    trainer = _trainer(tmp_path, 2, [SynchronizedRequeue(), _SeeHandler()])
     trainer.fit(_Regression())
 
     assert probe_handler == [handler_before]
