@@ -3,8 +3,9 @@
 Lightning's own SLURM handler saves the checkpoint *inside* the signal handler, which ends in a
 collective (a barrier; DeepSpeed also broadcasts the path). The signal reaches the ranks at
 slightly different points of a step, so one rank may enter that barrier while another is still
-inside the step's gradient all-reduce: mismatched collectives, which hang NCCL until its timeout and
-then the job dies at its time limit, unsaved and not requeued.
+inside the step's gradient all-reduce: mismatched collectives, which hang until the collective
+timeout, so the requeue that rank 0 runs after the barrier never comes and the job ends at its
+time limit instead of being requeued.
 
 :class:`SynchronizedRequeue` takes the signal over: the handler only notes it, and at the end of
 every optimizer step the ranks agree (one all-reduce of a flag) whether any of them was signalled.
