@@ -43,7 +43,8 @@ from lightning_modules.lure import LUREModule  # noqa: E402
 def train(config: Path, run_name: str, runs_dir: Path, demo_dir: Path | None) -> tuple[Path, float]:
     """Run the recipe's ``fit``; returns the last checkpoint and the wall time in seconds."""
     command = [sys.executable, "-m", "recipes.lure", "fit", "--config", str(config), "--run_name", run_name,
-               "--runs_dir", str(runs_dir), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+               "--runs_dir", str(runs_dir), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+               "--trainer.limit_val_batches", "0"]  # the evaluation below replaces validation
     if demo_dir is not None:
         command += ["--data.demo_dir", str(demo_dir)]
     started = time.perf_counter()

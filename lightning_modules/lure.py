@@ -167,9 +167,6 @@ class LUREModule(FusionModule):
                 prompts.append(own if use_own else self.prompt_table.prompt(TASKS[task], severities))
         return prompts
 
-    def embed(self, prompts: list[str], device: torch.device):
-        return self.text_encoder.encode(prompts, device)
-
     @contextlib.contextmanager
     def prompted(self, prompts: list[str]) -> Iterator[None]:
         """Within this block :meth:`fuse` and :meth:`fuse_full_resolution` use ``prompts`` (one per sample).
@@ -192,7 +189,7 @@ class LUREModule(FusionModule):
         prompts = self._active_prompts
         if prompts is None:
             prompts = [self.prompt_table.prompt(TASKS[t], NO_DEGRADATION) for t in task.tolist()]
-        return self.net(a, b, task != RESTORE, self.embed(prompts, a.device))
+        return self.net(a, b, task != RESTORE, self.text_encoder.encode(prompts, a.device))
 
     def fuse_full_resolution(self, batch: dict[str, Any]) -> Tensor:
         """As the base, with each sample's evaluation prompt unless a :meth:`prompted` block sets them."""
@@ -264,7 +261,7 @@ class LUREModule(FusionModule):
         if degraded.shape[0] == 0:  # no restoration pair in the batch and no pseudo task asked for
             return dict.fromkeys(("unified", "restore", "pseudo_unified", "pseudo_restore", "reconstruct"), zero)
         # One encoder pass over both views; the clean prompt says nothing is wrong.
-        text = self.embed(degraded_prompts + [self.clean_prompt] * clean.shape[0], self.device)
+        text = self.text_encoder.encode(degraded_prompts + [self.clean_prompt] * clean.shape[0], self.device)
         latent_degraded, latent_clean = self.net.encode(torch.cat([degraded, clean]), text).chunk(2)
         decoded_degraded, decoded_clean = self.net.decode(torch.cat([latent_degraded, latent_clean])).chunk(2)
         unified = unified_latent_error(latent_degraded, latent_clean.detach())
@@ -289,7 +286,7 @@ class LUREModule(FusionModule):
         pairs = ((batch["task"] != RESTORE) & batch["has_b"]).nonzero().squeeze(1)
         if pairs.numel() == 0:
             return {"fusion": torch.zeros((), device=self.device)}
-        text = select_text(self.embed(prompts, self.device), pairs)
+        text = self.text_encoder.encode([prompts[i] for i in pairs.tolist()], self.device)
         a, b = batch["a"][pairs], batch["b"][pairs]
         with torch.no_grad():
             both = torch.arange(len(pairs), device=self.device).repeat(2)

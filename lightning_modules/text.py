@@ -143,9 +143,9 @@ class PromptEncoder(nn.Module):
         config = self.config
         weights = None if config.random_init and not config.weights_file else _find_weights(config)
         quick_gelu = config.quick_gelu
-        if quick_gelu is None:
-            tag_config = open_clip.get_pretrained_cfg(config.model_name, config.pretrained or "") if config.pretrained else {}
-            quick_gelu = bool(self.architecture.get("quick_gelu", False) or (tag_config or {}).get("quick_gelu", False))
+        if quick_gelu is None:  # OpenAI's weights were trained with QuickGELU; their tags say so
+            tag_config = open_clip.get_pretrained_cfg(config.model_name, config.pretrained) if config.pretrained else {}
+            quick_gelu = bool(self.architecture.get("quick_gelu") or tag_config.get("quick_gelu"))
         text_cfg = {**self.architecture["text_cfg"], "output_tokens": True}
         with torch.random.fork_rng(devices=[]):
             # random weights depend on the seed only, so a resumed run has the same tower.
