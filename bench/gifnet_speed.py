@@ -6,7 +6,7 @@
 For each config in recipes/configs (its ``model`` section builds the GIFNetModule):
 
 - inference: fusing one 640x480 pair (random sources, the MFIF branch as at predict), the median
-  wall time of ``--repeats`` runs after one warm-up, and the peak resident memory (ru_maxrss) of a
+  wall time of ``--repeats`` runs after one warm-up, and the peak resident memory (VmHWM) of a
   fresh process that builds the model and fuses one pair (Python and torch included);
 - training: one optimizer step on 4 samples of 128x128 (2 infrared-visible + 2 multi-focus, the
   public code's iteration): encoder, both branches, reconstruction, every loss, backward, AdamW.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -102,15 +101,22 @@ def time_inference(config: str, repeats: int, precision: str) -> tuple[float, li
     return median_seconds(fuse, repeats)
 
 
+def resident_peak_gb() -> float:
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that across exec from the parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20  # kB -> GB
+    raise RuntimeError("/proc/self/status has no VmHWM line; peak memory needs Linux")
+
+
 def peak_memory_child(config: str, precision: str) -> None:
     """Run in a fresh process: build, fuse one pair, print resident-memory figures as JSON."""
     network = build_module(config).network.eval()
     a, b = inference_pair()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = resident_peak_gb()
     with torch.inference_mode(), autocast(precision):
         network(a, b, MFIF_BRANCH)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"peak_gb": peak / 2**20, "before_gb": before / 2**20}))
+    print(json.dumps({"peak_gb": resident_peak_gb(), "before_gb": before}))
 
 
 def measure_peak_memory(config: str, threads: int, precision: str) -> dict[str, float]:

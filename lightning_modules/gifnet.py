@@ -23,7 +23,12 @@ makes inference cheaper without changing what is computed):
 - The secondary branch is only run up to the last block whose output the trained branch reads.
 - Blocks normalise with a per-pixel LayerNorm instead of a norm over the whole image, so a tile
   fuses the same as the full image around it (predict fuses large images in tiles).
+- At inference every stage runs in horizontal strips with exact halos (:func:`in_row_strips`,
+  :class:`WindowAttentionBlock`): the result is unchanged, memory is bounded and no allocation is
+  large enough to cost page faults on every call.
 - ``branch_downsample`` can run the task branches at reduced resolution (``gifnet-fast``).
+
+:class:`GIFNetModule` trains it on mixed-task batches with per-task losses (see its docstring).
 """
 
 from __future__ import annotations
