@@ -14,7 +14,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import pytest
 import torch
@@ -27,14 +27,20 @@ from _deepspeed_roundtrip import assert_converts_and_predict_loads, assert_shard
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
-pytestmark = pytest.mark.skipif(
-    not slurm_installed() and not IN_CI,
-    reason="SLURM is not installed: run cluster/install_slurm.sh as root (make test does) to run the cluster tests",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not slurm_installed() and not IN_CI,
+        reason="SLURM is not installed: run cluster/install_slurm.sh as root (make test does) to run the cluster tests",
+    ),
+    pytest.mark.skipif(
+        os.geteuid() != 0 and not IN_CI,
+        reason="the local SLURM cluster needs root (slurmd starts job steps as the submitting user)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> LocalSlurmCluster:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmCluster]:
     """One running cluster for the module; its daemons end with it."""
     local = LocalSlurmCluster(tmp_path_factory.mktemp("slurm"))
     local.start()
