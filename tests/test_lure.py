@@ -222,7 +222,7 @@ def run_recipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_both_stages_run_and_the_checkpoint_predicts_without_clip_weights(tmp_path: Path) -> None:
+def test_both_stages_run_resume_and_the_checkpoint_predicts_without_clip_weights(tmp_path: Path) -> None:
     data = write_tiny_training_set(tmp_path / "data")
     # A tiny CLIP saved to a file: training loads the text tower from it; predict will not have it.
     (tmp_path / "tiny-clip.json").write_text(json.dumps({
@@ -236,13 +236,13 @@ def test_both_stages_run_and_the_checkpoint_predicts_without_clip_weights(tmp_pa
                  "--model.text_encoder.weights_file", str(weights),
                  "--model.text_encoder.model_config", json.dumps({"embed_dim": 16, "text_cfg": TINY_TEXT})]
     sources = json.dumps([{"urls": str(data["restore"]), "task": "restore"}, {"urls": str(data["ivif"]), "task": "ivif"}])
-    fit = run_recipe(
+    fit_args = [
         "fit", "--config", str(PROJECT_ROOT / "recipes/configs/lure-tiny.yaml"), *text_args,
         "--data.sources", sources, "--data.val_pairs", json.dumps([str(data["pairs"])]),
         "--runs_dir", str(tmp_path / "runs"), "--run_name", "tiny",
         "--trainer.logger", "pytorch_lightning.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "logs"),
-        cwd=tmp_path,
-    )
+    ]
+    fit = run_recipe(*fit_args, cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
     rows = list(csv.DictReader(next((tmp_path / "logs").rglob("metrics.csv")).open()))
     stages = {float(row["train/stage"]) for row in rows if row.get("train/stage")}
@@ -251,6 +251,10 @@ def test_both_stages_run_and_the_checkpoint_predicts_without_clip_weights(tmp_pa
     assert any(row[key] for row in rows for key in row if key.startswith("val/"))  # validation on the pairs ran
 
     checkpoint = tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt"
+    resumed = run_recipe(*fit_args, "--ckpt_path", "last", "--trainer.max_steps", "8", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 8
+
     weights.unlink()  # from here on no CLIP weights exist
     config = next(tmp_path.rglob("config.yaml"))  # the run's full configuration, saved by the CLI
     predict = run_recipe(
@@ -260,6 +264,8 @@ def test_both_stages_run_and_the_checkpoint_predicts_without_clip_weights(tmp_pa
     assert predict.returncode == 0, predict.stderr[-3000:]
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == ["IVIF/p1.png", "RESTORE/p0.png"]
 
+    # --model.predict_prompt reaches the model (LightningCLI must not replace it with the checkpoint's
+    # hyperparameters): a prompt never encoded needs the deleted weights, and the error says so.
     unseen = run_recipe(
         "predict", "--config", str(config), "--ckpt_path", str(checkpoint), "--trainer.logger", "false",
         "--data.predict_pairs", json.dumps([str(data["pairs"])]), "--output_dir", str(tmp_path / "out2"),
