@@ -612,12 +612,19 @@ def compute_metrics(
     with torch.no_grad(), torch.autocast(fused.device.type, enabled=False):
         for start in range(0, fused.shape[0], chunk):
             part = slice(start, start + chunk)
-            batch = _Batch(torch.stack([to_grey_levels(image[part])[:, 0] for image in (a, b, fused)]))
+            batch = _Batch(_stacked_grey_levels([image[part] for image in (a, b, fused)]))
             results = {name: _SOURCE_FUNCTIONS[name](batch) for name in names if name not in _NEEDS_TARGET}
             if needs_target:
                 results.update(_target_metrics(batch.f, to_grey_levels(gt[part])[:, 0], needs_target))
             parts.append(results)
     return {name: torch.cat([results[name] for results in parts]) for name in names}
+
+
+def _stacked_grey_levels(images: Sequence[Tensor]) -> Tensor:
+    """(len(images), B, H, W) float64 grey levels; 8-bit grey images are stacked first (one conversion)."""
+    if all(image.dtype == torch.uint8 and image.shape[1] == 1 for image in images):
+        return torch.stack([image[:, 0] for image in images]).to(torch.float64)
+    return torch.stack([to_grey_levels(image)[:, 0] for image in images])
 
 
 _CHUNK_PIXELS = {"cpu": 1 << 19, "cuda": 1 << 24}
