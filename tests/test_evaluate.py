@@ -15,16 +15,9 @@ from conftest import PROJECT_ROOT
 from data_helpers import save_png
 from lightning_modules.metrics import NAN_REASONS, SOURCE_METRICS, compute_metrics
 from recipes.evaluate import main
+from test_metrics_published import one_thread  # noqa: F401  (autouse: one torch thread)
 
 SIZE = (44, 48)  # VIF needs 41 px
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny images: threads only add waiting on a busy machine
-    yield
-    torch.set_num_threads(threads)
 
 
 def image(seed: int, channels: int = 1) -> np.ndarray:

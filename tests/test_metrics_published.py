@@ -27,7 +27,8 @@ bits), 2e-8 for VIF and Qabf, 1e-14 or better for the rest; the issue asks for 1
 @pytest.fixture(autouse=True)
 def one_thread():
     """One torch thread: on a shared CI machine with busy cores, threads that wait for each other
-    make this 99-image test several times slower; the values do not depend on it."""
+    make the metric tests several times slower; the values do not depend on it. (Imported by the
+    other metric test modules.)"""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
