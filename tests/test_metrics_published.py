@@ -40,6 +40,7 @@ def _image(path) -> torch.Tensor:
     return array[None, None] if array.ndim == 2 else array.permute(2, 0, 1)[None]
 
 
+@pytest.mark.slow  # 99 images of up to 768 x 576: ~25 s on two free cores, ~50 s on a busy machine
 def test_reproduces_every_published_value():
     rows = json.loads((FUSION_BENCH / "published" / "expected_metrics.json").read_text())
     by_pair = defaultdict(list)
