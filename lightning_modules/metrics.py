@@ -9,10 +9,10 @@ is quantised to 8 bits, converted to grey with BT.601 and rounded (:func:`to_gre
 Where the published numbers depend on a quirk of the common evaluator, the quirk is reproduced and
 commented where it is implemented: OpenCV's float grey conversion order, Qabf's ratio where the
 gradient magnitudes are equal, Nabf's mirror padding, and SSIM's float32 arithmetic with
-``data_range = 2``. VIF's local variances cancel catastrophically in flat regions, so VIF runs in
-float64 (its filters as banded matrix products, the fastest float64 filtering torch has on CPU);
-metrics whose reference runs in float32, or whose float32 rounding stays far below 1e-6 relative,
-run in float32 with float64 sums.
+``data_range = 2``. VIF's local variances cancel catastrophically in flat regions, so its local
+statistics are float64 (filters as banded matrix products, ``metric_filters``: the fastest float64
+filtering torch has on CPU); steps whose reference runs in float32, or whose float32 rounding stays
+far below 1e-6 relative, run in float32 with float64 sums. Batches run in memory-bounded chunks.
 
 Public API:
 
