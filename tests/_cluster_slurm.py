@@ -13,14 +13,24 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+INTERPRETER_BIN = str(Path(sys.executable).parent)
+"""The bin folder of the interpreter running the tests (the venv's): its tools, like the ninja that
+compiles DeepSpeed's ops, must be the ones every process uses, or the compiled-op cache is rebuilt."""
 LOCAL_SLURM = PROJECT_ROOT / "cluster" / "local_slurm"
 SBIN_PATH = "/usr/sbin:/sbin"  # where Debian puts slurmctld, slurmd and munged
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+
+
+def interpreter_environment(extra_path: str = "") -> dict[str, str]:
+    """This process's environment with :data:`INTERPRETER_BIN` first on PATH (and ``extra_path`` last)."""
+    path = os.pathsep.join(part for part in (INTERPRETER_BIN, os.environ.get("PATH", ""), extra_path) if part)
+    return {**os.environ, "PATH": path}
 
 
 def slurm_installed() -> bool:
@@ -54,7 +64,7 @@ class LocalSlurmCluster:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self.env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}:{SBIN_PATH}", "SLURM_CONF": str(self.directory / "slurm.conf")}
+        self.env = {**interpreter_environment(SBIN_PATH), "SLURM_CONF": str(self.directory / "slurm.conf")}
 
     def start(self) -> None:
         """Start munged, slurmctld and two slurmd on free ports; returns when both nodes are idle."""

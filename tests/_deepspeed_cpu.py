@@ -10,45 +10,19 @@ device-index check. Its root device is ``cpu:<local rank>`` (DeepSpeed reads the
 local rank; tensors on ``cpu:N`` are ordinary CPU tensors). Everything else — ZeRO partitioning,
 sharded checkpoints — is DeepSpeed's own code path. DeepSpeed compiles its shared-memory
 communication op for the CPU once into ``$TORCH_EXTENSIONS_DIR`` (``<project>/.cache/torch_extensions``
-under ``make`` and pytest).
+under ``make`` and pytest); the tests build it before any run
+(:func:`_deepspeed_roundtrip.build_deepspeed_cpu_ops`).
 
 Select it on the command line: ``--trainer.strategy=tests._deepspeed_cpu.CPUDeepSpeedStrategy``.
 """
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import torch
 from lightning_fabric.utilities.seed import reset_seed
 from pytorch_lightning.strategies import DDPStrategy
 
 from cluster.deepspeed_strategy import StreamingDeepSpeedStrategy
-
-
-STALE_LOCK_S = 15 * 60
-"""A compile lock older than this is a leftover: compiling the op takes a few minutes at most."""
-
-
-def build_deepspeed_cpu_ops() -> Path:
-    """Compile, or load from ``$TORCH_EXTENSIONS_DIR``, the op DeepSpeed's CPU backend loads at start; its folder.
-
-    Done once in the test process before any run, so that two ranks never compile it side by side.
-    torch guards a compile with a ``lock`` file; a process killed while holding it (a cancelled job,
-    a timed-out test) leaves it behind, and every later load then waits forever. Such a leftover,
-    recognised by its age, is removed first.
-    """
-    from deepspeed.accelerator import get_accelerator
-    from torch.utils.cpp_extension import _get_build_directory
-
-    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
-    build_dir = Path(_get_build_directory(builder.NAME, verbose=False))
-    lock = build_dir / "lock"
-    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-        lock.unlink()
-    builder.load()
-    return build_dir
 
 
 class CPUDeepSpeedStrategy(StreamingDeepSpeedStrategy):

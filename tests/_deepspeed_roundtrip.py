@@ -1,7 +1,9 @@
-"""Test helper: a sharded DeepSpeed checkpoint -> ``convert-checkpoint`` -> ``predict``, as a user runs them.
+"""Test helpers for the DeepSpeed runs: the CPU op built up front, and a sharded checkpoint ->
+``convert-checkpoint`` -> ``predict`` as a user runs them.
 
 Shared by the DeepSpeed tests with and without SLURM: both end with a Lightning DeepSpeed
-checkpoint directory and the probe's digest of the weights the ranks ended with.
+checkpoint directory and the probe's digest of the weights the ranks ended with. (Runs only in the
+test process; the job-side modules are _deepspeed_cpu.py and _cluster_probe.py.)
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +19,42 @@ import torch
 from PIL import Image
 
 from _cluster_probe import weights_digest
-from _cluster_slurm import PROJECT_ROOT
+from _cluster_slurm import PROJECT_ROOT, interpreter_environment
 
 TINY_CONFIG = "recipes/configs/gifnet-tiny.yaml"
+STALE_LOCK_S = 15 * 60
+"""A compile lock older than this is a leftover: compiling the op takes a few minutes at most."""
+
+
+def build_deepspeed_cpu_ops() -> Path:
+    """Compile, or load from ``$TORCH_EXTENSIONS_DIR``, the op DeepSpeed's CPU backend loads at start; its folder.
+
+    Done once in the test process before any run, so that two ranks never compile it side by side.
+    torch guards a compile with a ``lock`` file; a process killed while holding it (a cancelled job,
+    a timed-out test) leaves it behind, and every later load then waits forever. Such a leftover,
+    recognised by its age, is removed first.
+    """
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils.cpp_extension import _get_build_directory
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    build_dir = Path(_get_build_directory(builder.NAME, verbose=False))
+    lock = build_dir / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        lock.unlink()
+    # The same ninja as the runs use (theirs comes first on PATH), or they would rebuild it.
+    path_before = os.environ.get("PATH", "")
+    os.environ["PATH"] = interpreter_environment()["PATH"]
+    try:
+        builder.load()
+    finally:
+        os.environ["PATH"] = path_before
+    return build_dir
 
 
 def run_recipe(*args: str, timeout: float = 300) -> str:
     """``python -m recipes.gifnet ARGS`` from the project root; its output, or a failure showing it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks share two cores
+    env = {**interpreter_environment(), "OMP_NUM_THREADS": "1"}  # two ranks share two cores
     result = subprocess.run(
         [sys.executable, "-m", "recipes.gifnet", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -16,8 +16,13 @@ from pathlib import Path
 import pytest
 
 from _cluster_probe import read_events
-from _deepspeed_cpu import build_deepspeed_cpu_ops
-from _deepspeed_roundtrip import TINY_CONFIG, assert_converts_and_predict_loads, assert_shards_of_both_ranks, run_recipe
+from _deepspeed_roundtrip import (
+    TINY_CONFIG,
+    assert_converts_and_predict_loads,
+    assert_shards_of_both_ranks,
+    build_deepspeed_cpu_ops,
+    run_recipe,
+)
 
 MAX_STEPS = 2  # one epoch: the checkpoint saved at its end holds the final weights
 

@@ -23,6 +23,9 @@ cd "$project_root" || exit 1
 if [[ -z ${PYTHON:-} ]]; then
     if [[ -x .venv/bin/python ]]; then
         PYTHON=$project_root/.venv/bin/python
+        # As if activated: the venv's tools come first (its ninja builds DeepSpeed's ops; a
+        # different ninja on PATH would invalidate the compiled-op cache and rebuild).
+        export PATH="$project_root/.venv/bin:$PATH"
     else
         PYTHON=python
     fi
