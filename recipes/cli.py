@@ -34,6 +34,18 @@ def wandb_run_id(run_name: str) -> str:
     return hashlib.sha1(run_name.encode()).hexdigest()[:16]
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """Rewrites ``last.ckpt`` at every save point, whatever the monitored metric did."""
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, enable_version_counter=False)
+
+    @property
+    def state_key(self) -> str:
+        # distinct from the configured ModelCheckpoint's key even when both monitor nothing
+        return type(self).__name__
+
+
 class FusionCLI(LightningCLI):
     """LightningCLI with the platform's run-directory, logging, checkpoint and predict conventions."""
 
@@ -67,8 +79,10 @@ class FusionCLI(LightningCLI):
             help="predict: folder for the fused PNGs (default: <run directory>/predictions).",
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        # one run directory per run name: a resumed run overwrites its last.ckpt instead of adding last-v1.ckpt
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1, "checkpoint.enable_version_counter": False})
+        # `checkpoint` keeps the best by its monitor; last.ckpt comes from a callback of its own (see
+        # instantiate_trainer), because a monitored ModelCheckpoint rewrites "last" only when the
+        # monitored value improves, which would leave --ckpt_path last resuming from a stale step.
+        parser.set_defaults({"checkpoint.save_last": False, "checkpoint.save_top_k": 1, "checkpoint.enable_version_counter": False})
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # run=False (programmatic use) has no subcommand level in the config
@@ -78,7 +92,8 @@ class FusionCLI(LightningCLI):
         checkpoint = (self.config_init[self.subcommand] if self.subcommand else self.config_init).checkpoint
         if checkpoint.dirpath is None:
             checkpoint.dirpath = str(run_dir / "checkpoints")
-        callbacks: list[Any] = []
+        # one run directory per run name: a resumed run overwrites its last.ckpt, never last-v1.ckpt
+        callbacks: list[Any] = [LastCheckpoint(checkpoint.dirpath)]
         trainer_config = config.trainer
         if trainer_config.logger in (None, True):
             kwargs["logger"] = WandbLogger(
