@@ -16,8 +16,9 @@ colour put back in YCbCr).
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
@@ -43,7 +44,16 @@ class FusionModule(pl.LightningModule):
         predict_tile_size: Fuse images whose height or width exceeds this in overlapping tiles of
             this size, to bound memory; ``None`` fuses every image whole.
         predict_tile_overlap: Pixels shared between neighbouring tiles, blended to hide seams.
+
+    The predict tiling (and a subclass's :attr:`predict_time_arguments`) is not saved in checkpoints.
     """
+
+    #: Constructor arguments that only steer inference (predict, and full-resolution validation and
+    #: test), never training. They stay out of the checkpoint's hyperparameters: with ``--ckpt_path``,
+    #: LightningCLI overrides the parsed command line with the checkpoint's hyperparameters, so a saved
+    #: value would silently win over e.g. ``predict --model.predict_tile_size 256``. Subclasses extend
+    #: the tuple with their own inference knobs and save through :meth:`save_training_hyperparameters`.
+    predict_time_arguments: ClassVar[tuple[str, ...]] = ("predict_tile_size", "predict_tile_overlap")
 
     def __init__(
         self,
@@ -65,6 +75,12 @@ class FusionModule(pl.LightningModule):
         self.val_tracker = FusionMetricTracker(val_metrics)
         self.test_tracker = FusionMetricTracker(val_metrics)
         self._panel: list[tuple[str, torch.Tensor]] = []
+
+    def save_training_hyperparameters(self, ignore: tuple[str, ...] = ()) -> None:
+        """``save_hyperparameters()`` of the calling ``__init__``, less :attr:`predict_time_arguments`."""
+        # the caller's frame, so Lightning collects the subclass's own arguments (kwargs included)
+        caller = inspect.currentframe().f_back
+        self.save_hyperparameters(ignore=[*ignore, *self.predict_time_arguments], frame=caller)
 
     # ----------------------------------------------------------------- what subclasses provide
     @property

@@ -579,6 +579,8 @@ class GIFNetModule(FusionModule):
         ivif_branch_tasks: Tasks trained through the IVIF branch; the rest train the MFIF branch.
         inference_branch: Branch that fuses at validation, test and predict: ``mfif`` for every task
             (as the public model), ``ivif``, or ``trained`` (each task through the branch it trains).
+            Like ``inference_chunk_pixels`` and the predict tiling, it is not saved in checkpoints:
+            the config or command line of each run decides it.
         intensity_weight: Weight of the unsupervised intensity term.
         gradient_weight: Weight of the unsupervised gradient term.
         fidelity_l1_weight: Weight of the L1 distance to the target.
@@ -596,6 +598,10 @@ class GIFNetModule(FusionModule):
         energy_backbone: Architecture of that CNN: ``densenet121`` (as GIFNet) or ``resnet18``.
         **kwargs: Optimisation, validation and predict settings of :class:`FusionModule`.
     """
+
+    # Which branch fuses and the strip size only act at inference: a command-line value must win over
+    # the checkpoint's (see FusionModule.predict_time_arguments).
+    predict_time_arguments = (*FusionModule.predict_time_arguments, "inference_branch", "inference_chunk_pixels")
 
     def __init__(
         self,
@@ -630,8 +636,10 @@ class GIFNetModule(FusionModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters()
-        self.network = GIFNet(**{name: self.hparams[name] for name in NETWORK_ARGUMENTS})
+        self.save_training_hyperparameters()
+        # inference_chunk_pixels is a predict-time argument, so it is not among the saved hparams
+        network_arguments = {**self.hparams, "inference_chunk_pixels": inference_chunk_pixels}
+        self.network = GIFNet(**{name: network_arguments[name] for name in NETWORK_ARGUMENTS})
         training_branch = [IVIF_BRANCH if task_name in ivif_branch_tasks else MFIF_BRANCH for task_name in TASKS]
         for task_name in ivif_branch_tasks:
             task_id(task_name)  # an unknown name fails here, listing the known ones

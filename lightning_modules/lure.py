@@ -68,7 +68,6 @@ from lightning_modules.text import PromptEncoder, PromptTable, TextEncoderConfig
 RESTORE = TASK_IDS["restore"]
 MEIF = TASK_IDS["meif"]
 NO_DEGRADATION = [0.0] * len(DEGRADATIONS)
-PREDICT_TIME_ARGUMENTS = ("predict_prompt", "predict_tile_size", "predict_tile_overlap")
 
 
 def unified_latent_error(latent: Tensor, target: Tensor) -> Tensor:
@@ -99,6 +98,9 @@ class LUREModule(FusionModule):
         **kwargs: The :class:`FusionModule` arguments (optimiser, validation metrics, predict tiling).
     """
 
+    # --model.predict_prompt must win over the checkpoint (see FusionModule.predict_time_arguments)
+    predict_time_arguments = (*FusionModule.predict_time_arguments, "predict_prompt")
+
     def __init__(
         self,
         channels: int = 32,
@@ -125,9 +127,7 @@ class LUREModule(FusionModule):
             raise ValueError(f"stage must be 1, 2 or None (switch after stage1_steps), got {stage!r}")
         if not 0.0 <= sample_prompt_rate <= 1.0:
             raise ValueError(f"sample_prompt_rate must be in [0, 1], got {sample_prompt_rate}")
-        # Inference knobs stay out of the checkpoint: LightningCLI overrides the command line with the
-        # checkpoint's hyperparameters, so a saved predict_prompt would silently win over --model.predict_prompt.
-        self.save_hyperparameters(ignore=["text_encoder", *PREDICT_TIME_ARGUMENTS])
+        self.save_training_hyperparameters(ignore=("text_encoder",))
         # a plain dict, so the checkpoint loads with torch.load(weights_only=True)
         self.hparams["text_encoder"] = dataclasses.asdict(text_encoder)
         self.text_encoder = PromptEncoder(text_encoder)

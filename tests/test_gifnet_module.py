@@ -147,6 +147,14 @@ def test_fuse_uses_the_configured_branch() -> None:
         assert torch.equal(fused, expected)
 
 
+def test_checkpoint_hyperparameters_leave_out_predict_time_arguments() -> None:
+    # saved values would override the command line of a later `predict --ckpt_path` (LightningCLI)
+    module = tiny_module(predict_tile_size=64, inference_branch="ivif", inference_chunk_pixels=1024)
+    assert set(GIFNetModule.predict_time_arguments) >= {"predict_tile_size", "predict_tile_overlap", "inference_branch"}
+    assert not set(module.hparams) & set(GIFNetModule.predict_time_arguments)
+    assert module.hparams["window_size"] == TINY["window_size"] and module.network.inference_chunk_pixels == 1024
+
+
 def test_odd_sizes_are_padded_by_the_caller() -> None:
     module = tiny_module(branch_downsample=2).eval()
     assert module.size_multiple == 8

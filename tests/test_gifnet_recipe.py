@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from datamodules.images import encode_png, read_image
-from recipes.cli import wandb_run_id
+from datamodules.mixture import FusionDataModule
+from lightning_modules.gifnet import GIFNetModule
+from recipes.cli import FusionCLI, wandb_run_id
 from conftest import PROJECT_ROOT
 from wandb_records import history
 
@@ -99,6 +101,28 @@ def test_predict_keeps_sizes_stems_colour_and_bit_depth(trained_run: Path, tmp_p
     assert sorted(path.relative_to(output).as_posix() for path in output.rglob("*.png")) == [
         "IVIF/grey_and_rgb.png", "MED/deep16.png", "MFIF/both_rgb.png"
     ]
+
+
+def test_predict_options_on_the_command_line_win_over_the_checkpoint(trained_run: Path, tmp_path: Path) -> None:
+    # With --ckpt_path, LightningCLI replaces parsed model arguments by the checkpoint's saved
+    # hyperparameters; the trained run saved gifnet.yaml's tiling (512) and the default branch (mfif).
+    rng = np.random.default_rng(1)
+    pairs = tmp_path / "pairs"
+    write_pair(pairs / "IVIF" / "p0", rng.integers(0, 256, (40, 48), np.uint8), rng.integers(0, 256, (40, 48), np.uint8))
+    checkpoint = trained_run / "tiny" / "checkpoints" / "last.ckpt"
+    cli = FusionCLI(
+        GIFNetModule, FusionDataModule, default_config="gifnet.yaml",
+        args=[
+            "predict", "--config", TINY, "--runs_dir", str(trained_run), "--run_name", "tiny", "--ckpt_path", str(checkpoint),
+            "--trainer.logger", "false", "--data.predict_pairs", f"[{pairs}]", "--output_dir", str(tmp_path / "fused"),
+            "--model.predict_tile_size", "24", "--model.predict_tile_overlap", "4",
+            "--model.inference_branch", "ivif", "--model.inference_chunk_pixels", "512",
+        ],
+    )
+    model = cli.model
+    assert (model.predict_tile_size, model.predict_tile_overlap) == (24, 4)
+    assert (model.inference_branch, model.network.inference_chunk_pixels) == ("ivif", 512)
+    assert read_image(tmp_path / "fused" / "IVIF" / "p0.png").shape == (40, 48)
 
 
 def test_predict_on_a_missing_folder_names_it(trained_run: Path, tmp_path: Path) -> None:
