@@ -8,6 +8,7 @@ export XDG_CACHE_HOME := $(CURDIR)/.cache
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export TORCH_HOME := $(CURDIR)/.cache/torch
+export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
 export HF_HOME := $(CURDIR)/.cache/huggingface
 export WANDB_DIR := $(CURDIR)/runs
 export WANDB_CACHE_DIR := $(CURDIR)/.cache/wandb

@@ -29,12 +29,15 @@ import functools
 import math
 from typing import Callable, Iterable, Sequence
 
+import numba
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
 from datamodules.schema import TASKS
+from lightning_modules import metric_kernels
 from lightning_modules.metric_filters import (
     BLOCK,
     SeparableFilter,
@@ -147,8 +150,9 @@ class _Batch:
     """Grey levels of a batch, (3, B, H, W) in the order A, B, F, and the intermediate results that
     several metrics share, each computed once on first use."""
 
-    def __init__(self, levels: Tensor) -> None:
+    def __init__(self, levels: Tensor, kernels: bool) -> None:
         self.levels = levels
+        self.kernels = kernels  # VIF, SSIM, Qabf and Nabf through metric_kernels (CPU only)
         _, self.batch, self.height, self.width = levels.shape
         self.pixels = self.height * self.width
         self.device = levels.device
@@ -201,6 +205,25 @@ class _Batch:
         (horizontal, vertical, magnitude, atan(vertical / horizontal)); the angle is NaN where both are 0."""
         horizontal, vertical = sobel(F.pad(self.levels32, (1, 1, 1, 1), mode="reflect"))
         return horizontal, vertical, _magnitude(horizontal, vertical), torch.atan(vertical / horizontal)
+
+    @functools.cached_property
+    def levels32_numpy(self) -> np.ndarray:
+        """:attr:`levels32` as a NumPy array sharing its memory, (3, B, H, W), for the kernels."""
+        return self.levels32.contiguous().numpy()
+
+    @functools.cached_property
+    def kernel_ssim_means(self) -> Tensor:
+        """(B, 2 data ranges (2, 255)) SSIM(F, A) + SSIM(F, B) from ``metric_kernels.ssim_sums``."""
+        levels = self.levels32_numpy
+        sums = [metric_kernels.ssim_sums(levels[2, i], levels[:2, i], _SSIM_C1, _SSIM_C2).sum(0) for i in range(self.batch)]
+        cropped = (self.height - _SSIM_WINDOW + 1) * (self.width - _SSIM_WINDOW + 1)
+        return torch.from_numpy(np.stack(sums) / cropped)
+
+    @functools.cached_property
+    def kernel_edge_sums(self) -> Tensor:
+        """(B, 4) [Qabf numerator, Qabf denominator, Nabf lost, Nabf weights] from ``metric_kernels.edge_sums``."""
+        levels = self.levels32_numpy
+        return torch.from_numpy(np.stack([metric_kernels.edge_sums(np.ascontiguousarray(levels[:, i])) for i in range(self.batch)]))
 
     @functools.cached_property
     def ssim_terms(self) -> _SsimTerms:
@@ -346,6 +369,32 @@ def _vif(batch: _Batch) -> Tensor:
     """Sheikh-Bovik pixel-domain VIF of F against A plus that against B (reference convention)."""
     if min(batch.height, batch.width) < VIF_MIN_SIZE:
         return batch.nan()
+    if batch.kernels:
+        information, reference_information = _vif_kernel_sums(batch)
+    else:
+        information, reference_information = _vif_torch_sums(batch)
+    score = information / reference_information  # natural logs in both: the base cancels
+    # A source with no variance anywhere gives 0 / 0; the convention counts its score as 1.
+    return torch.nan_to_num(score, nan=1.0).sum(0)
+
+
+def _vif_kernel_sums(batch: _Batch) -> tuple[Tensor, Tensor]:
+    """(2, B) information sums of F about A and B, and the (2, B) reference sums, by ``metric_kernels``."""
+    sums = np.zeros((batch.batch, 4))
+    levels = batch.levels.numpy()
+    for index in range(batch.batch):
+        images = np.ascontiguousarray(levels[:, index])  # A, B, F
+        for scale in range(1, _VIF_SCALES + 1):
+            taps = _vif_window(_vif_window_size(scale), batch.device).numpy()
+            if scale > 1:
+                images = metric_kernels.vif_downsample(images, taps)
+            sums[index] += metric_kernels.vif_scale_sums(images[0], images[1], images[2], taps)
+    sums = torch.from_numpy(sums).T
+    return sums[:2], sums[2:]
+
+
+def _vif_torch_sums(batch: _Batch) -> tuple[Tensor, Tensor]:
+    """:func:`_vif_kernel_sums` in batched torch, on any device."""
     images = batch.levels  # (3, B, H, W): A, B, F
     information = torch.zeros(2, batch.batch, dtype=torch.float64, device=batch.device)
     reference_information = torch.zeros_like(information)
@@ -380,9 +429,7 @@ def _vif(batch: _Batch) -> Tensor:
         information += torch.log1p(gain.square_().mul_(var_ref).div_(noise_var)).sum((0, 3, 4), dtype=torch.float64)
         # Source variances below eps add log(1 + < 5e-11) where the reference adds 0: < 1e-10 relative.
         reference_information += torch.log1p(var_ref.div_(_VIF_SIGMA_NSQ)).sum((0, 3, 4), dtype=torch.float64)
-    score = information / reference_information  # natural logs in both: the base cancels
-    # A source with no variance anywhere gives 0 / 0; the convention counts its score as 1.
-    return torch.nan_to_num(score, nan=1.0).sum(0)
+    return information, reference_information
 
 
 # -------------------------------------------------------------------------------- Qabf and Nabf
@@ -413,6 +460,9 @@ def _qabf(batch: _Batch) -> Tensor:
     """Xydeas-Petrovic edge preservation Q^{AB/F} (reference convention, float32 as the reference)."""
     if batch.height < 2 or batch.width < 2:
         return batch.nan()
+    if batch.kernels:
+        sums = batch.kernel_edge_sums
+        return sums[:, 0] * (0.9994 * 0.9879) / sums[:, 1]
     # The reference convolves on a zero-padded image: inside, that is the shared mirrored Sobel; the
     # one-pixel border is recomputed with zeros. True 2-D convolution negates both responses, which
     # changes neither the magnitude nor atan(Sy / Sx).
@@ -430,6 +480,9 @@ def _nabf(batch: _Batch) -> Tensor:
     """Shreyamsha Kumar's modified fusion-artifact measure N_abf (lower is better)."""
     if batch.height < 2 or batch.width < 2:
         return batch.nan()
+    if batch.kernels:
+        sums = batch.kernel_edge_sums
+        return sums[:, 2] / sums[:, 3]
     # Sobel / 8 by correlation on a mirrored image that leaves out the edge pixel, as the common
     # Python port does (repeating the edge pixel changes results by several %). Magnitudes stay
     # 8x here: the thresholds and weights below are scaled to match.
@@ -455,6 +508,9 @@ def _nabf(batch: _Batch) -> Tensor:
 # ----------------------------------------------------------------------------------------- SSIM
 _SSIM_WINDOW = 7
 _SSIM_COVARIANCE_NORM = _SSIM_WINDOW**2 / (_SSIM_WINDOW**2 - 1)  # sample covariance, 49 / 48
+_SSIM_DATA_RANGES = (2.0, 255.0)  # SSIM's (the common evaluator's) and SSIM_std's
+_SSIM_C1 = np.array([(0.01 * data_range) ** 2 for data_range in _SSIM_DATA_RANGES], dtype=np.float32)
+_SSIM_C2 = np.array([(0.03 * data_range) ** 2 for data_range in _SSIM_DATA_RANGES], dtype=np.float32)
 
 
 def _uniform_means(maps: Tensor) -> tuple[Tensor, int, int]:
@@ -520,6 +576,8 @@ class _SsimTerms:
 def _ssim_pair_sum(batch: _Batch, data_range: float) -> Tensor:
     if min(batch.height, batch.width) < _SSIM_WINDOW:
         return batch.nan()
+    if batch.kernels:
+        return batch.kernel_ssim_means[:, _SSIM_DATA_RANGES.index(data_range)]
     return batch.ssim_terms.mean_ssim(data_range).sum(0)
 
 
@@ -582,8 +640,14 @@ def _check_batch(**images: Tensor) -> None:
             raise ValueError(f"{name} has shape {shape} but {reference_name} has {reference}: batch size, height and width must match")
 
 
+BACKENDS: tuple[str, ...] = ("auto", "torch", "kernels")
+"""How :func:`compute_metrics` computes VIF, SSIM, Qabf and Nabf: batched torch on any device, or the
+fused loops of ``metric_kernels`` (CPU only, several times faster there); "auto" takes the kernels
+for CPU tensors and torch otherwise. Both give the same values to float rounding."""
+
+
 def compute_metrics(
-    fused: Tensor, a: Tensor, b: Tensor, names: Sequence[str] | None = None, gt: Tensor | None = None
+    fused: Tensor, a: Tensor, b: Tensor, names: Sequence[str] | None = None, gt: Tensor | None = None, backend: str = "auto"
 ) -> dict[str, Tensor]:
     """The metrics ``names`` (all of :data:`METRICS` by default) of each fused image.
 
@@ -593,6 +657,7 @@ def compute_metrics(
         names: metric names from :data:`METRICS`; by default all of them, the target metrics only
             when ``gt`` is given.
         gt: optional (B, 1 or 3, H, W) targets for PSNR_gt and SSIM_gt.
+        backend: one of :data:`BACKENDS`.
 
     Returns:
         ``{name: (B,) float64 tensor}`` on the inputs' device, in the order of ``names``. A value is
@@ -605,6 +670,14 @@ def compute_metrics(
     if needs_target and gt is None:
         raise ValueError(f"{', '.join(needs_target)} need a target image: pass gt=")
     _check_batch(fused=fused, a=a, b=b, **({"gt": gt} if gt is not None else {}))
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown metrics backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    kernels = backend == "kernels" or (backend == "auto" and fused.device.type == "cpu")
+    if kernels:
+        if fused.device.type != "cpu":
+            raise ValueError(f"the 'kernels' metrics backend runs on CPU tensors only, got {fused.device}; use backend='torch'")
+        # as many kernel threads as torch uses, so --threads / torch.set_num_threads governs both
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     chunk = _chunk_size(fused)
     parts: list[dict[str, Tensor]] = []
     # Metrics are never differentiated, and their float32 steps must not run in bf16/fp16 when a
@@ -612,7 +685,7 @@ def compute_metrics(
     with torch.no_grad(), torch.autocast(fused.device.type, enabled=False):
         for start in range(0, fused.shape[0], chunk):
             part = slice(start, start + chunk)
-            batch = _Batch(_stacked_grey_levels([image[part] for image in (a, b, fused)]))
+            batch = _Batch(_stacked_grey_levels([image[part] for image in (a, b, fused)]), kernels)
             results = {name: _SOURCE_FUNCTIONS[name](batch) for name in names if name not in _NEEDS_TARGET}
             if needs_target:
                 results.update(_target_metrics(batch.f, to_grey_levels(gt[part])[:, 0], needs_target))

@@ -1,5 +1,5 @@
-"""The torch metric suite against the independent NumPy/SciPy reference, grey conversion, bad and
-degenerate inputs."""
+"""The metric suite, both backends (batched torch and the CPU kernels), against the independent
+NumPy/SciPy reference and each other; grey conversion, bad and degenerate inputs."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from lightning_modules.metrics import (
     to_grey_levels,
 )
 
+BACKENDS = ["kernels", "torch"]
+
 PAIR_METRICS = list(SOURCE_METRICS) + list(EXTRA_METRICS)
 
 
@@ -48,11 +50,12 @@ def as_batch(*images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.stack(images))[:, None]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("height", "width", "saturate"), [(50, 64, False), (61, 47, True), (45, 45, True)])
-def test_matches_the_numpy_reference(reference, height, width, saturate):
+def test_matches_the_numpy_reference(reference, height, width, saturate, backend):
     rng = np.random.default_rng(height)
     f, a, b = (smooth_image(rng, height, width, saturate) for _ in range(3))
-    values = compute_metrics(as_batch(f), as_batch(a), as_batch(b), PAIR_METRICS)
+    values = compute_metrics(as_batch(f), as_batch(a), as_batch(b), PAIR_METRICS, backend=backend)
     for name in PAIR_METRICS:
         expected = reference.REFERENCE[name](*(image.astype(np.float64) for image in (f, a, b)))
         assert float(values[name][0]) == pytest.approx(expected, rel=1e-6, abs=1e-12), name
@@ -70,6 +73,21 @@ def test_a_batch_equals_its_images_one_by_one(monkeypatch, chunk_pixels):
         for name in PAIR_METRICS:
             # float32 steps may take vectorised or scalar code paths depending on the shape: ~1e-9
             assert float(batched[name][index]) == pytest.approx(float(single[name][0]), rel=1e-8, abs=1e-12), name
+
+
+def test_the_backends_agree_on_colour_batches_of_odd_sizes():
+    """The kernels (row-parallel loops, their own border handling) and batched torch on the same
+    RGB and grey inputs, sizes that are not multiples of anything, flat and textured regions."""
+    rng = np.random.default_rng(7)
+    for height, width in ((41, 43), (97, 130), (2, 9)):
+        colour = [np.stack([smooth_image(rng, height, width, saturate=c == 0) for c in range(3)]) for _ in range(4)]
+        fused = torch.from_numpy(np.stack(colour[:2]))  # (2, 3, H, W) uint8 RGB
+        a = torch.from_numpy(np.stack(colour[2:]))
+        b = torch.from_numpy(np.stack([smooth_image(rng, height, width) for _ in range(2)]))[:, None]
+        kernels = compute_metrics(fused, a, b, PAIR_METRICS, backend="kernels")
+        plain = compute_metrics(fused, a, b, PAIR_METRICS, backend="torch")
+        for name in PAIR_METRICS:
+            assert torch.allclose(kernels[name], plain[name], rtol=1e-6, atol=1e-12, equal_nan=True), (height, width, name)
 
 
 def test_grey_conversion_matches_opencv_on_float32_bgr(reference):
@@ -96,6 +114,8 @@ def test_bad_inputs_get_clear_errors():
         compute_metrics(image, image, image, ["EN", "PSNRR"])
     with pytest.raises(ValueError, match="need a target image"):
         compute_metrics(image, image, image, ["PSNR_gt"])
+    with pytest.raises(ValueError, match="unknown metrics backend 'numba'; choose from auto, torch, kernels"):
+        compute_metrics(image, image, image, backend="numba")
     with pytest.raises(ValueError, match="8-bit levels"):
         to_grey_levels(torch.full((1, 1, 2, 2), 300, dtype=torch.int16))
     with pytest.raises(ValueError, match=r"\(B, 1 or 3, H, W\)"):
@@ -111,7 +131,8 @@ def _check_nan_reasons(values: dict[str, torch.Tensor]) -> None:
                 assert name in NAN_REASONS, f"{name} is NaN without a documented reason"
 
 
-def test_degenerate_inputs_give_nan_with_a_reason_never_a_crash():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_degenerate_inputs_give_nan_with_a_reason_never_a_crash(backend):
     rng = np.random.default_rng(3)
     textured = smooth_image(rng, 48, 48)
     constant = np.full((48, 48), 90, np.uint8)
@@ -123,7 +144,7 @@ def test_degenerate_inputs_give_nan_with_a_reason_never_a_crash():
         "black fused": (black, textured, constant),
     }
     for case, (f, a, b) in cases.items():
-        values = compute_metrics(as_batch(f), as_batch(a), as_batch(b), PAIR_METRICS)
+        values = compute_metrics(as_batch(f), as_batch(a), as_batch(b), PAIR_METRICS, backend=backend)
         _check_nan_reasons(values)
         if case == "all constant":
             for name in ("SCD", "CC", "PSNR"):
@@ -138,10 +159,11 @@ def test_degenerate_inputs_give_nan_with_a_reason_never_a_crash():
             assert math.isnan(values["PSNR"].item()) and math.isnan(values["CC"].item())
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("size", [1, 2, 5, VIF_MIN_SIZE - 1, VIF_MIN_SIZE])
-def test_tiny_images_give_nan_where_a_window_does_not_fit(size):
+def test_tiny_images_give_nan_where_a_window_does_not_fit(size, backend):
     image = torch.randint(0, 256, (1, 1, size, size), dtype=torch.uint8)
-    values = compute_metrics(image, image.flip(-1), image.flip(-2), gt=image)
+    values = compute_metrics(image, image.flip(-1), image.flip(-2), gt=image, backend=backend)
     _check_nan_reasons(values)
     assert math.isnan(values["VIF"].item()) == (size < VIF_MIN_SIZE)
     assert math.isnan(values["SSIM"].item()) == (size < 7)

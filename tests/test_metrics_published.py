@@ -40,8 +40,9 @@ def _image(path) -> torch.Tensor:
     return array[None, None] if array.ndim == 2 else array.permute(2, 0, 1)[None]
 
 
-@pytest.mark.slow  # 99 images of up to 768 x 576: ~25 s on two free cores, ~50 s on a busy machine
-def test_reproduces_every_published_value():
+@pytest.mark.slow  # 99 images of up to 768 x 576: a few seconds (kernels) to ~50 s (torch, busy machine)
+@pytest.mark.parametrize("backend", ["kernels", "torch"])
+def test_reproduces_every_published_value(backend):
     rows = json.loads((FUSION_BENCH / "published" / "expected_metrics.json").read_text())
     by_pair = defaultdict(list)
     for row in rows:
@@ -53,7 +54,7 @@ def test_reproduces_every_published_value():
         fused = torch.cat([_image(FUSION_BENCH / "published" / task / row["method"] / f"{pair_id}.png") for row in group])
         count = fused.shape[0]
         a, b = (_image(pair / name).expand(count, -1, -1, -1) for name in ("a.png", "b.png"))
-        values = compute_metrics(fused, a, b, NAMES)  # all methods of a pair in one batch
+        values = compute_metrics(fused, a, b, NAMES, backend=backend)  # all methods of a pair in one batch
         for index, row in enumerate(group):
             for name in NAMES:
                 got, want = float(values[name][index]), row[EXPECTED_KEYS[name]]

@@ -1,0 +1,438 @@
+"""Fused CPU loops for the costly fusion metrics (VIF, both SSIMs, Qabf and Nabf), compiled by numba.
+
+Why a second implementation next to the torch one in ``metrics.py``: on CPU the torch suite is
+about 300 full passes over 640 x 480 maps (every op reads and writes whole maps), so it is bound
+by memory traffic, not arithmetic. These loops walk the image row by row and keep the local
+statistics in row buffers that stay in cache, so each image is read a few times in all. They
+follow the same conventions, in the same arithmetic (float64 for VIF, the float32 rounding
+sequence of the reference for SSIM, float32 for the edge metrics), and
+``tests/test_metrics_published.py`` checks both implementations against the published values.
+
+Rows are split between numba's threads (``prange``); every kernel returns per-image sums and the
+callers in ``metrics.py`` finish the formulas. Inputs are C-contiguous (H, W) NumPy arrays of
+grey levels; numba compiles each kernel on first use and caches it on disk (``NUMBA_CACHE_DIR``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+ROWS_PER_TASK = 16
+"""Output rows per parallel task: enough to amortise a task's buffers, small enough to balance
+a 640 x 480 image over a few threads."""
+
+# ----------------------------------------------------------------------------------------- VIF
+_VIF_EPS = 1e-10
+_VIF_SIGMA_NSQ = 2.0
+_VIF_FASTMATH = {"contract", "reassoc", "arcp"}
+"""VIF is float64 throughout, far more precise than the 1e-7 its published values are checked to, so
+its loops may fuse multiply-adds, reorder sums and multiply by reciprocals (it vectorises them)."""
+_LOG_EVERY = 32
+"""Pixels whose (1 + t) terms are multiplied before one log: each term is at most ~8200 (the
+variance of 8-bit levels is at most 127.5^2), so 32 of them stay far below float64's range, and
+one log per 32 pixels replaces 32 (log1p was most of VIF's time)."""
+
+
+@numba.njit(parallel=True, error_model="numpy", cache=True, fastmath=_VIF_FASTMATH)
+def vif_downsample(images: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """'Valid' separable filtering of (N, H, W) maps with ``taps``, keeping every second row and
+    column: VIF's next scale."""
+    count, height, width = images.shape
+    size = taps.shape[0]
+    out_height, out_width = (height - size) // 2 + 1, (width - size) // 2 + 1
+    out = np.empty((count, out_height, out_width))
+    tasks = (out_height + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for task in numba.prange(count * tasks):
+        image, first = images[task // tasks], (task % tasks) * ROWS_PER_TASK
+        column = np.empty(width)
+        for i in range(first, min(out_height, first + ROWS_PER_TASK)):
+            column[:] = 0.0
+            for k in range(size):
+                weight, row = taps[k], image[2 * i + k]
+                for j in range(width):
+                    column[j] += weight * row[j]
+            for j in range(out_width):
+                total = 0.0
+                for k in range(size):
+                    total += taps[k] * column[2 * j + k]
+                out[task // tasks, i, j] = total
+    return out
+
+
+@numba.njit(parallel=True, error_model="numpy", cache=True)
+def vif_scale_sums(a: np.ndarray, b: np.ndarray, f: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """One VIF scale of F against A and B: [information A, information B, reference A, reference B].
+
+    Natural-log sums of the reference's ``1 + g^2 sigma1^2 / (sv^2 + sigma_nsq)`` and
+    ``1 + sigma1^2 / sigma_nsq`` over the 'valid' pixels, with its masking sequence, all in float64.
+    """
+    size = taps.shape[0]
+    height, width = a.shape
+    out_height, out_width = height - size + 1, width - size + 1
+    tasks = (out_height + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    partial = np.zeros((tasks, 4))
+    for task in numba.prange(tasks):
+        partial[task] = _vif_rows(a, b, f, taps, task * ROWS_PER_TASK, min(out_height, (task + 1) * ROWS_PER_TASK))
+    return partial.sum(axis=0)
+
+
+@numba.njit(error_model="numpy", cache=True, fastmath=_VIF_FASTMATH)
+def _vif_rows(a: np.ndarray, b: np.ndarray, f: np.ndarray, taps: np.ndarray, first: int, last: int) -> np.ndarray:
+    """:func:`vif_scale_sums` over output rows [first, last).
+
+    The 8 maps (a, b, f and the products a a, b b, f f, a f, b f) of the last ``size`` image rows
+    live in a ring buffer, each product row computed once; each output row is a vertical weighted
+    sum of the ring's rows, then a horizontal one (the local moments), then the per-pixel terms.
+    Inner loops run along j over 1-D rows so that they vectorise.
+    """
+    size = taps.shape[0]
+    width = a.shape[1]
+    out_width = width - size + 1
+    ring = np.empty((size, 8, width))
+    columns = np.empty((8, width))
+    moments = np.empty((8, out_width))
+    terms = np.empty((4, out_width))
+    sums = np.zeros(4)
+    for row in range(first, first + size - 1):
+        _product_rows(ring[row % size], a[row], b[row], f[row])
+    for i in range(first, last):
+        _product_rows(ring[(i + size - 1) % size], a[i + size - 1], b[i + size - 1], f[i + size - 1])
+        for m in range(8):
+            _weighted_rows(columns[m], ring, m, i, taps)
+            _weighted_shifts(moments[m], columns[m], taps)
+        for source in range(2):
+            _vif_terms(moments[source], moments[2], moments[3 + source], moments[5], moments[6 + source], terms[source], terms[2 + source])
+        for m in range(4):
+            for start in range(0, out_width, _LOG_EVERY):
+                product = 1.0
+                for j in range(start, min(start + _LOG_EVERY, out_width)):
+                    product *= terms[m, j]
+                sums[m] += math.log(product)
+    return sums
+
+
+@numba.njit(error_model="numpy", cache=True, fastmath=_VIF_FASTMATH)
+def _product_rows(out: np.ndarray, a: np.ndarray, b: np.ndarray, f: np.ndarray) -> None:
+    """out[0..7] = a, b, f, a a, b b, f f, a f, b f for one image row."""
+    out[0] = a
+    out[1] = b
+    out[2] = f
+    for j in range(a.shape[0]):
+        out[3, j] = a[j] * a[j]
+        out[4, j] = b[j] * b[j]
+        out[5, j] = f[j] * f[j]
+        out[6, j] = a[j] * f[j]
+        out[7, j] = b[j] * f[j]
+
+
+@numba.njit(error_model="numpy", cache=True)
+def _four_taps(taps: np.ndarray, k: int) -> tuple[float, float, float, float]:
+    """taps[k .. k + 3], 0 past the end (those terms then add 0 times a valid row)."""
+    size = taps.shape[0]
+    return (taps[k], taps[k + 1] if k + 1 < size else 0.0, taps[k + 2] if k + 2 < size else 0.0, taps[k + 3] if k + 3 < size else 0.0)
+
+
+@numba.njit(error_model="numpy", cache=True, fastmath=_VIF_FASTMATH)
+def _weighted_rows(out: np.ndarray, ring: np.ndarray, m: int, top: int, taps: np.ndarray) -> None:
+    """out = sum over k of taps[k] * map m of image row top + k (held in the ring), four rows per pass."""
+    size = taps.shape[0]
+    out[:] = 0.0
+    for k in range(0, size, 4):
+        r0 = ring[(top + k) % size, m]
+        r1 = ring[(top + min(k + 1, size - 1)) % size, m]
+        r2 = ring[(top + min(k + 2, size - 1)) % size, m]
+        r3 = ring[(top + min(k + 3, size - 1)) % size, m]
+        w0, w1, w2, w3 = _four_taps(taps, k)
+        for j in range(out.shape[0]):
+            out[j] += w0 * r0[j] + w1 * r1[j] + w2 * r2[j] + w3 * r3[j]
+
+
+@numba.njit(error_model="numpy", cache=True, fastmath=_VIF_FASTMATH)
+def _weighted_shifts(out: np.ndarray, row: np.ndarray, taps: np.ndarray) -> None:
+    """out[j] = sum over k of taps[k] * row[j + k] ('valid'), one tap per pass (blocking taps here,
+    as :func:`_weighted_rows` does, defeated the vectoriser)."""
+    out[:] = 0.0
+    for k in range(taps.shape[0]):
+        weight = taps[k]
+        for j in range(out.shape[0]):
+            out[j] += weight * row[j + k]
+
+
+@numba.njit(error_model="numpy", cache=True, fastmath=_VIF_FASTMATH)
+def _vif_terms(
+    mean_ref: np.ndarray, mean_f: np.ndarray, mean_ref_sq: np.ndarray, mean_f_sq: np.ndarray, mean_cross: np.ndarray,
+    information: np.ndarray, reference: np.ndarray,
+) -> None:
+    """Per pixel of a row: the reference's (1 + g^2 sigma1^2 / (sv^2 + sigma_nsq)) and (1 + sigma1^2 / sigma_nsq)
+    from the local moments, with its masking sequence in its order."""
+    for j in range(information.shape[0]):
+        variance_f = max(mean_f_sq[j] - mean_f[j] * mean_f[j], 0.0)
+        variance_ref = max(mean_ref_sq[j] - mean_ref[j] * mean_ref[j], 0.0)
+        covariance = mean_cross[j] - mean_ref[j] * mean_f[j]
+        gain = covariance / (variance_ref + _VIF_EPS)
+        noise = variance_f - gain * covariance
+        flat_ref = variance_ref < _VIF_EPS
+        gain = 0.0 if flat_ref else gain
+        noise = variance_f if flat_ref else noise
+        variance_ref = 0.0 if flat_ref else variance_ref
+        flat_f = variance_f < _VIF_EPS
+        gain = 0.0 if flat_f else gain
+        noise = 0.0 if flat_f else noise
+        negative = gain < 0.0
+        noise = variance_f if negative else noise
+        gain = 0.0 if negative else gain
+        noise = _VIF_EPS if noise <= _VIF_EPS else noise
+        information[j] = 1.0 + gain * gain * variance_ref / (noise + _VIF_SIGMA_NSQ)
+        reference[j] = 1.0 + variance_ref / _VIF_SIGMA_NSQ
+
+
+# ----------------------------------------------------------------------------------------- SSIM
+_WINDOW = 7
+_WINDOW32 = np.float32(_WINDOW)
+_COVARIANCE_NORM32 = np.float32(_WINDOW**2 / (_WINDOW**2 - 1))
+_TWO32 = np.float32(2.0)
+
+
+@numba.njit(parallel=True, error_model="numpy", cache=True)
+def ssim_sums(x: np.ndarray, ys: np.ndarray, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
+    """Sums over the cropped image of scikit-image's SSIM map of ``x`` against each of ``ys``.
+
+    ``x`` (H, W) and ``ys`` (K, H, W) are float32 grey levels (H, W >= 7); ``c1``, ``c2`` (R,)
+    float32 hold the constants of R data ranges. Returns (K, R) float64 sums; the caller divides
+    by the pixel count. The local means replay scipy's ``uniform_filter`` rounding exactly as
+    ``metrics._uniform_means`` describes, and the SSIM formula runs in float32 in scikit-image's
+    order of operations (no fast-math here: the float32 roundings are the point).
+    """
+    out_height = x.shape[0] - _WINDOW + 1
+    tasks = (out_height + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    partial = np.zeros((tasks, ys.shape[0], c1.shape[0]))
+    for task in numba.prange(tasks):
+        partial[task] = _ssim_rows(x, ys, c1, c2, task * ROWS_PER_TASK, min(out_height, (task + 1) * ROWS_PER_TASK))
+    return partial.sum(axis=0)
+
+
+@numba.njit(error_model="numpy", cache=True)
+def _ssim_rows(x: np.ndarray, ys: np.ndarray, c1: np.ndarray, c2: np.ndarray, first: int, last: int) -> np.ndarray:
+    """:func:`ssim_sums` over output rows [first, last)."""
+    sources, ranges = ys.shape[0], c1.shape[0]
+    width = x.shape[1]
+    out_width = width - _WINDOW + 1
+    maps = 2 + 3 * sources  # x, x x, then y, y y, x y per source
+    column_sums = np.zeros((maps, width), dtype=np.float32)
+    column_means = np.empty(width, dtype=np.float32)
+    row_sums = np.empty(out_width)
+    means = np.empty((maps, out_width), dtype=np.float32)
+    totals = np.zeros((sources, ranges, out_width))
+    for k in range(_WINDOW):  # the first row's window; later rows slide it (exact: integer sums < 2^24)
+        _add_row(column_sums, x[first + k], ys[:, first + k], np.float32(1.0))
+    for i in range(first, last):
+        if i > first:
+            _add_row(column_sums, x[i + _WINDOW - 1], ys[:, i + _WINDOW - 1], np.float32(1.0))
+            _add_row(column_sums, x[i - 1], ys[:, i - 1], np.float32(-1.0))
+        for m in range(maps):
+            sums, mean = column_sums[m], means[m]
+            for j in range(width):
+                column_means[j] = sums[j] / _WINDOW32
+            row_sums[:] = 0.0
+            for k in range(_WINDOW):  # 7 float32 values sum exactly in float64
+                for j in range(out_width):
+                    row_sums[j] += np.float64(column_means[j + k])
+            for j in range(out_width):
+                mean[j] = np.float32(row_sums[j] / _WINDOW)
+        for source in range(sources):
+            _ssim_row(means[0], means[1], means[2 + 3 * source], means[3 + 3 * source], means[4 + 3 * source], c1, c2, totals[source])
+    return totals.sum(axis=2)
+
+
+@numba.njit(error_model="numpy", cache=True)
+def _add_row(column_sums: np.ndarray, x: np.ndarray, ys: np.ndarray, sign: np.float32) -> None:
+    """Add ``sign`` (+-1) times one image row of every SSIM map (x, x x, y, y y, x y) to the column sums."""
+    width = x.shape[0]
+    first, second = column_sums[0], column_sums[1]
+    for j in range(width):
+        first[j] += sign * x[j]
+    for j in range(width):
+        second[j] += sign * (x[j] * x[j])
+    for source in range(ys.shape[0]):
+        y, mean_y, mean_yy, mean_xy = ys[source], column_sums[2 + 3 * source], column_sums[3 + 3 * source], column_sums[4 + 3 * source]
+        for j in range(width):
+            mean_y[j] += sign * y[j]
+        for j in range(width):
+            mean_yy[j] += sign * (y[j] * y[j])
+        for j in range(width):
+            mean_xy[j] += sign * (x[j] * y[j])
+
+
+@numba.njit(error_model="numpy", cache=True)
+def _ssim_row(
+    mean_x: np.ndarray, mean_xx: np.ndarray, mean_y: np.ndarray, mean_yy: np.ndarray, mean_xy: np.ndarray,
+    c1: np.ndarray, c2: np.ndarray, totals: np.ndarray,
+) -> None:
+    """totals[r, j] += SSIM at the row's pixels for data range r, from float32 local means."""
+    for r in range(c1.shape[0]):
+        constant1, constant2, total = c1[r], c2[r], totals[r]
+        for j in range(mean_x.shape[0]):
+            square_x, square_y = mean_x[j] * mean_x[j], mean_y[j] * mean_y[j]
+            variance_x = (mean_xx[j] - square_x) * _COVARIANCE_NORM32
+            variance_y = (mean_yy[j] - square_y) * _COVARIANCE_NORM32
+            covariance = (mean_xy[j] - mean_x[j] * mean_y[j]) * _COVARIANCE_NORM32
+            numerator = ((_TWO32 * mean_x[j]) * mean_y[j] + constant1) * (_TWO32 * covariance + constant2)
+            denominator = (square_x + square_y + constant1) * (variance_x + variance_y + constant2)
+            total[j] += np.float64(numerator / denominator)
+
+
+# -------------------------------------------------------------------------------- Qabf and Nabf
+_F32 = np.float32
+_HALF_PI32 = _F32(math.pi / 2)
+_QUARTER_PI32 = _F32(math.pi / 4)
+_QABF_ALIGNMENT_SCALE32 = _F32(-2 / math.pi)
+_NABF_ALIGNMENT_SCALE32 = _F32(2 / math.pi)
+_NABF_SMALL_WEIGHT32 = _F32(0.001 * 8**1.5)
+_NABF_KEPT_SCALE32 = _F32(0.9999 * 0.9995)
+_TAN_3PI_8 = _F32(2.414213562373095)
+_TAN_PI_8 = _F32(0.4142135623730950)
+_ATAN_COEFFICIENTS = tuple(_F32(c) for c in (8.05374449538e-2, -1.38776856032e-1, 1.99777106478e-1, -3.33329491539e-1))
+
+
+@numba.njit(error_model="numpy", cache=True, inline="always")
+def _atan(x: np.float32) -> np.float32:
+    """float32 arctangent (Cephes' reduction and polynomial, within 2e-7 relative) written without
+    calls or branches, so loops over it vectorise (libm's atanf is a scalar call, 16 ns here).
+    +-inf gives +-pi/2 and NaN stays NaN, as atanf."""
+    magnitude = abs(x)
+    large, medium = magnitude > _TAN_3PI_8, magnitude > _TAN_PI_8
+    reduced = -_F32(1.0) / magnitude if large else ((magnitude - _F32(1.0)) / (magnitude + _F32(1.0)) if medium else magnitude)
+    offset = _HALF_PI32 if large else (_QUARTER_PI32 if medium else _F32(0.0))
+    z = reduced * reduced
+    c0, c1, c2, c3 = _ATAN_COEFFICIENTS
+    polynomial = (((c0 * z + c1) * z + c2) * z + c3) * z * reduced + reduced
+    return math.copysign(offset + polynomial, x)
+
+
+@numba.njit(error_model="numpy", cache=True, inline="always")
+def _sigmoid(value: np.float32) -> np.float32:
+    return _F32(1.0) / (_F32(1.0) + math.exp(-value))
+
+
+@numba.njit(parallel=True, error_model="numpy", cache=True)
+def edge_sums(levels: np.ndarray) -> np.ndarray:
+    """Qabf's and Nabf's sums over one image: [Qabf numerator, Qabf denominator, Nabf lost, Nabf weights].
+
+    ``levels`` (3, H, W) float32 grey levels of A, B, F (H, W >= 2). Nabf takes Sobel responses on
+    a mirrored image (the edge pixel not repeated), Qabf on a zero-padded one: they differ on the
+    one-pixel border only. The quirks are those of ``metrics._qabf`` and ``metrics._nabf``;
+    per-pixel arithmetic in float32 as the reference, sums in float64.
+    """
+    height = levels.shape[1]
+    tasks = (height + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    partial = np.zeros((tasks, 4))
+    for task in numba.prange(tasks):
+        partial[task] = _edge_rows(levels, task * ROWS_PER_TASK, min(height, (task + 1) * ROWS_PER_TASK))
+    return partial.sum(axis=0)
+
+
+@numba.njit(error_model="numpy", cache=True)
+def _edge_rows(levels: np.ndarray, first: int, last: int) -> np.ndarray:
+    """:func:`edge_sums` over image rows [first, last)."""
+    height, width = levels.shape[1], levels.shape[2]
+    horizontal = np.empty((3, width), dtype=np.float32)
+    vertical = np.empty((3, width), dtype=np.float32)
+    magnitude = np.empty((3, width), dtype=np.float32)
+    angle = np.empty((3, width), dtype=np.float32)
+    zeros = np.zeros(width, dtype=np.float32)
+    sums = np.zeros(4)
+    for i in range(first, last):
+        up, down = (i - 1 if i > 0 else 1), (i + 1 if i < height - 1 else height - 2)
+        for n in range(3):
+            _sobel_row(levels[n, up], levels[n, i], levels[n, down], horizontal[n], vertical[n], False)
+            _polar(horizontal[n], vertical[n], magnitude[n], angle[n], 0, width)
+        _nabf_row(magnitude, angle, sums)
+        # Qabf's zero padding: whole rows at the top and bottom, the two end pixels elsewhere.
+        for n in range(3):
+            if i == 0 or i == height - 1:
+                row_up = zeros if i == 0 else levels[n, up]
+                row_down = zeros if i == height - 1 else levels[n, down]
+                _sobel_row(row_up, levels[n, i], row_down, horizontal[n], vertical[n], True)
+                _polar(horizontal[n], vertical[n], magnitude[n], angle[n], 0, width)
+            else:
+                _sobel_ends(levels[n, up], levels[n, i], levels[n, down], horizontal[n], vertical[n])
+                _polar(horizontal[n], vertical[n], magnitude[n], angle[n], 0, 1)
+                _polar(horizontal[n], vertical[n], magnitude[n], angle[n], width - 1, width)
+        _qabf_row(horizontal, magnitude, angle, sums)
+    return sums
+
+
+@numba.njit(error_model="numpy", cache=True)
+def _sobel_row(up: np.ndarray, middle: np.ndarray, down: np.ndarray, horizontal: np.ndarray, vertical: np.ndarray, zero_ends: bool) -> None:
+    """Sobel responses (right minus left, top minus bottom) of one row from its three image rows;
+    outside the row's ends the columns are mirrored (edge pixel not repeated) or zero. Integer
+    levels: exact in float32."""
+    width = middle.shape[0]
+    for j in range(1, width - 1):
+        horizontal[j] = (up[j + 1] + _F32(2.0) * middle[j + 1] + down[j + 1]) - (up[j - 1] + _F32(2.0) * middle[j - 1] + down[j - 1])
+        vertical[j] = (up[j - 1] + _F32(2.0) * up[j] + up[j + 1]) - (down[j - 1] + _F32(2.0) * down[j] + down[j + 1])
+    if zero_ends:
+        _sobel_ends(up, middle, down, horizontal, vertical)
+    else:
+        for j, left, right in ((0, 1, 1), (width - 1, width - 2, width - 2)):
+            horizontal[j] = (up[right] + _F32(2.0) * middle[right] + down[right]) - (up[left] + _F32(2.0) * middle[left] + down[left])
+            vertical[j] = (up[left] + _F32(2.0) * up[j] + up[right]) - (down[left] + _F32(2.0) * down[j] + down[right])
+
+
+@numba.njit(error_model="numpy", cache=True)
+def _sobel_ends(up: np.ndarray, middle: np.ndarray, down: np.ndarray, horizontal: np.ndarray, vertical: np.ndarray) -> None:
+    """Sobel responses at the row's two end pixels with zero columns outside."""
+    last = middle.shape[0] - 1
+    horizontal[0] = up[1] + _F32(2.0) * middle[1] + down[1]
+    vertical[0] = (_F32(2.0) * up[0] + up[1]) - (_F32(2.0) * down[0] + down[1])
+    horizontal[last] = -(up[last - 1] + _F32(2.0) * middle[last - 1] + down[last - 1])
+    vertical[last] = (up[last - 1] + _F32(2.0) * up[last]) - (down[last - 1] + _F32(2.0) * down[last])
+
+
+@numba.njit(error_model="numpy", cache=True)
+def _polar(horizontal: np.ndarray, vertical: np.ndarray, magnitude: np.ndarray, angle: np.ndarray, start: int, stop: int) -> None:
+    """Magnitude sqrt(h^2 + v^2) (exact integer sum, correctly rounded root) and atan(v / h), NaN where both are 0."""
+    for j in range(start, stop):
+        h, v = horizontal[j], vertical[j]
+        magnitude[j] = math.sqrt(h * h + v * v)
+        angle[j] = _atan(v / h)
+
+
+@numba.njit(error_model="numpy", cache=True)
+def _nabf_row(magnitude: np.ndarray, angle: np.ndarray, sums: np.ndarray) -> None:
+    """sums[2] += lost edge strength where F's gradient exceeds both sources' (artifacts), sums[3] += weights."""
+    g_f, angle_f = magnitude[2], angle[2]
+    for n in range(2):
+        g, angle_n = magnitude[n], angle[n]
+        for j in range(g.shape[0]):
+            # weights g^1.5 above the threshold Td = 2 (16 at the 8x scale of these magnitudes)
+            weight = g[j] * math.sqrt(g[j]) if g[j] >= _F32(16.0) else _NABF_SMALL_WEIGHT32
+            sums[3] += weight
+            if g_f[j] > magnitude[0, j] and g_f[j] > magnitude[1, j]:
+                low, high = min(g[j], g_f[j]), max(g[j], g_f[j])
+                strength = _F32(0.0) if low == 0 else low / high
+                orientation = _F32(0.0) if math.isnan(angle_n[j]) else angle_n[j]
+                orientation_f = _F32(0.0) if math.isnan(angle_f[j]) else angle_f[j]
+                alignment = abs(abs(orientation - orientation_f) - _HALF_PI32) * _NABF_ALIGNMENT_SCALE32
+                kept = _sigmoid((strength - _F32(0.5)) * _F32(19.0)) * _sigmoid((alignment - _F32(0.5)) * _F32(22.0))
+                sums[2] += (_F32(1.0) - math.sqrt(kept * _NABF_KEPT_SCALE32)) * weight
+
+
+@numba.njit(error_model="numpy", cache=True)
+def _qabf_row(horizontal: np.ndarray, magnitude: np.ndarray, angle: np.ndarray, sums: np.ndarray) -> None:
+    """sums[0] += Q^{SF} g_S (without the Tg Ta factors), sums[1] += g_S, over both sources S."""
+    g_f = magnitude[2]
+    for n in range(2):
+        g = magnitude[n]
+        for j in range(g.shape[0]):
+            # the common implementation's quirk: where the magnitudes are equal the "ratio" is F's magnitude
+            strength = g_f[j] if g[j] == g_f[j] else min(g[j], g_f[j]) / max(g[j], g_f[j])
+            orientation = _HALF_PI32 if horizontal[n, j] == 0 else angle[n, j]
+            orientation_f = _HALF_PI32 if horizontal[2, j] == 0 else angle[2, j]
+            alignment = abs(orientation - orientation_f) * _QABF_ALIGNMENT_SCALE32 + _F32(1.0)
+            kept = _sigmoid((strength - _F32(0.5)) * _F32(15.0)) * _sigmoid((alignment - _F32(0.8)) * _F32(22.0))
+            sums[0] += kept * g[j]
+            sums[1] += g[j]
