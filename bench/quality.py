@@ -3,6 +3,8 @@
     python bench/quality.py --ckpt runs/demo/checkpoints/last.ckpt
     python bench/quality.py --recipe gifnet --ckpt runs/fast/checkpoints/last.ckpt \
         --config recipes/configs/gifnet-fast.yaml --out runs/fast/quality
+    python bench/quality.py --ckpt runs/demo/checkpoints/last.ckpt --out runs/demo/quality-bf16 \
+        --trainer.precision bf16-mixed          # options it does not know go to the recipe's predict
 
 Fuses every pair of ``../shared/fusion-bench/pairs`` with the recipe's own ``predict`` (full
 resolution, the config's tiling), then scores the fused images with ``recipes.evaluate`` under the
@@ -24,7 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FUSION_BENCH = PROJECT_ROOT.parent / "shared" / "fusion-bench"
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint to evaluate (e.g. runs/demo/checkpoints/last.ckpt)")
     parser.add_argument("--recipe", default="gifnet", help="recipe module under recipes/ that trained it (default gifnet)")
@@ -32,11 +34,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pairs", type=Path, default=FUSION_BENCH / "pairs", help="paired folders to fuse")
     parser.add_argument("--published", type=Path, default=FUSION_BENCH / "published", help="published outputs (fusion-bench layout)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <run directory>/quality)")
-    return parser.parse_args()
+    # the rest (e.g. --trainer.precision bf16-mixed, --model.predict_tile_size 256) is for predict
+    return parser.parse_known_args()
 
 
 def main() -> None:
-    options = parse_args()
+    options, predict_options = parse_args()
     if not options.ckpt.is_file():
         raise SystemExit(f"checkpoint {options.ckpt} not found: train one first (make demo writes runs/demo/checkpoints/last.ckpt)")
     if not options.pairs.is_dir():
@@ -48,7 +51,7 @@ def main() -> None:
     predict_args += ["--trainer.logger", "false", "--runs_dir", str(out / "runs")]
     if options.config is not None:
         predict_args[1:1] = ["--config", str(options.config)]
-    recipe.main(predict_args)
+    recipe.main(predict_args + predict_options)
     evaluate.main(
         [
             "--pairs", str(options.pairs),
