@@ -176,15 +176,20 @@ class _Batch:
         up to about 10^7 pixels. So degenerate cases (a constant image, F - B constant) give an
         exact 0 and a NaN correlation, never rounding noise.
         """
-        flat = self.levels.flatten(2).transpose(0, 1)  # (B, 3, N), a view
-        products = torch.matmul(flat, flat.transpose(1, 2)).long()
-        sums = flat.sum(-1).long()
+        if self.kernels:
+            products, sums = self.kernel_statistics["products"], self.kernel_statistics["sums"]
+        else:
+            flat = self.levels.flatten(2).transpose(0, 1)  # (B, 3, N), a view
+            products = torch.matmul(flat, flat.transpose(1, 2)).long()
+            sums = flat.sum(-1).long()
         centred = self.pixels * products - sums[:, :, None] * sums[:, None, :]
         return products, centred
 
     @functools.cached_property
     def joint_histograms(self) -> Tensor:
         """(B, 2, 256, 256) counts of the (F, A) and (F, B) grey-level pairs."""
+        if self.kernels:
+            return self.kernel_statistics["histograms"]
         levels = self.levels.flatten(2).to(torch.int32)
         index = levels[2] * 256 + levels[:2]  # (2, B, N)
         index += torch.arange(2 * self.batch, device=self.device, dtype=torch.int32).view(2, self.batch, 1) * 65536
@@ -194,7 +199,7 @@ class _Batch:
     @functools.cached_property
     def fused_histogram(self) -> Tensor:
         """(B, 256) counts of F's grey levels (from the joint histograms when MI already built them)."""
-        if "joint_histograms" in self.__dict__:
+        if self.kernels or "joint_histograms" in self.__dict__:
             return self.joint_histograms[:, 0].sum(-1)
         index = self.f.flatten(1).to(torch.int32) + torch.arange(self.batch, device=self.device, dtype=torch.int32)[:, None] * 256
         return torch.bincount(index.flatten(), minlength=self.batch * 256).view(self.batch, 256)
@@ -207,23 +212,34 @@ class _Batch:
         return horizontal, vertical, _magnitude(horizontal, vertical), torch.atan(vertical / horizontal)
 
     @functools.cached_property
-    def levels32_numpy(self) -> np.ndarray:
-        """:attr:`levels32` as a NumPy array sharing its memory, (3, B, H, W), for the kernels."""
-        return self.levels32.contiguous().numpy()
+    def by_image(self) -> np.ndarray:
+        """:attr:`levels` as a (B, 3, H, W) NumPy array (A, B, F per image), contiguous, for the kernels."""
+        return np.ascontiguousarray(self.levels.transpose(0, 1).numpy())
+
+    @functools.cached_property
+    def by_image32(self) -> np.ndarray:
+        """:attr:`by_image` in float32 (grey levels are exact in it)."""
+        return self.by_image.astype(np.float32)
+
+    @functools.cached_property
+    def kernel_statistics(self) -> dict[str, Tensor]:
+        """``metric_kernels.image_statistics`` of each image, stacked: "histograms" (B, 2, 256, 256),
+        "products" (B, 3, 3), "sums" (B, 3), "differences" (B, 2) int64 and "gradients" (B,) float64."""
+        per_image = [metric_kernels.image_statistics(levels) for levels in self.by_image]
+        names = ("histograms", "products", "sums", "differences", "gradients")
+        return {name: torch.from_numpy(np.stack([np.asarray(values[k]) for values in per_image])) for k, name in enumerate(names)}
 
     @functools.cached_property
     def kernel_ssim_means(self) -> Tensor:
         """(B, 2 data ranges (2, 255)) SSIM(F, A) + SSIM(F, B) from ``metric_kernels.ssim_sums``."""
-        levels = self.levels32_numpy
-        sums = [metric_kernels.ssim_sums(levels[2, i], levels[:2, i], _SSIM_C1, _SSIM_C2).sum(0) for i in range(self.batch)]
+        sums = [metric_kernels.ssim_sums(levels[2], levels[:2], _SSIM_C1, _SSIM_C2).sum(0) for levels in self.by_image32]
         cropped = (self.height - _SSIM_WINDOW + 1) * (self.width - _SSIM_WINDOW + 1)
         return torch.from_numpy(np.stack(sums) / cropped)
 
     @functools.cached_property
     def kernel_edge_sums(self) -> Tensor:
         """(B, 4) [Qabf numerator, Qabf denominator, Nabf lost, Nabf weights] from ``metric_kernels.edge_sums``."""
-        levels = self.levels32_numpy
-        return torch.from_numpy(np.stack([metric_kernels.edge_sums(np.ascontiguousarray(levels[:, i])) for i in range(self.batch)]))
+        return torch.from_numpy(np.stack([metric_kernels.edge_sums(levels) for levels in self.by_image32]))
 
     @functools.cached_property
     def ssim_terms(self) -> _SsimTerms:
@@ -258,10 +274,13 @@ def _standard_deviation(batch: _Batch) -> Tensor:
 def _spatial_frequency(batch: _Batch) -> Tensor:
     if batch.height < 2 or batch.width < 2:
         return batch.nan()
-    f = batch.levels32[_F]  # integer differences; their squares are summed in float64
-    row = torch.linalg.vector_norm(torch.diff(f, dim=-1), dim=(-2, -1), dtype=torch.float64)
-    column = torch.linalg.vector_norm(torch.diff(f, dim=-2), dim=(-2, -1), dtype=torch.float64)
-    return torch.sqrt(row.square() / (batch.height * (batch.width - 1)) + column.square() / ((batch.height - 1) * batch.width))
+    if batch.kernels:
+        row_squares, column_squares = batch.kernel_statistics["differences"].double().unbind(1)
+    else:
+        f = batch.levels32[_F]  # integer differences; their squares are summed in float64
+        row_squares = torch.linalg.vector_norm(torch.diff(f, dim=-1), dim=(-2, -1), dtype=torch.float64).square()
+        column_squares = torch.linalg.vector_norm(torch.diff(f, dim=-2), dim=(-2, -1), dtype=torch.float64).square()
+    return torch.sqrt(row_squares / (batch.height * (batch.width - 1)) + column_squares / ((batch.height - 1) * batch.width))
 
 
 def _twice_gradient(image: Tensor, dim: int) -> Tensor:
@@ -277,10 +296,13 @@ def _twice_gradient(image: Tensor, dim: int) -> Tensor:
 def _average_gradient(batch: _Batch) -> Tensor:
     if batch.height < 2 or batch.width < 2:
         return batch.nan()
-    f = batch.levels32[_F]
     # sqrt((gx^2 + gy^2) / 2) = |2 g| / (2 sqrt 2), with 2 g integer-valued.
-    magnitude = torch.hypot(_twice_gradient(f, -1), _twice_gradient(f, -2))
-    return magnitude.mean((-2, -1), dtype=torch.float64) / (2 * math.sqrt(2))
+    if batch.kernels:
+        mean_magnitude = batch.kernel_statistics["gradients"] / batch.pixels
+    else:
+        f = batch.levels32[_F]
+        mean_magnitude = torch.hypot(_twice_gradient(f, -1), _twice_gradient(f, -2)).mean((-2, -1), dtype=torch.float64)
+    return mean_magnitude / (2 * math.sqrt(2))
 
 
 def _mutual_information(batch: _Batch) -> Tensor:
@@ -381,9 +403,7 @@ def _vif(batch: _Batch) -> Tensor:
 def _vif_kernel_sums(batch: _Batch) -> tuple[Tensor, Tensor]:
     """(2, B) information sums of F about A and B, and the (2, B) reference sums, by ``metric_kernels``."""
     sums = np.zeros((batch.batch, 4))
-    levels = batch.levels.numpy()
-    for index in range(batch.batch):
-        images = np.ascontiguousarray(levels[:, index])  # A, B, F
+    for index, images in enumerate(batch.by_image):  # (3, H, W): A, B, F
         for scale in range(1, _VIF_SCALES + 1):
             taps = _vif_window(_vif_window_size(scale), batch.device).numpy()
             if scale > 1:
@@ -685,7 +705,7 @@ def compute_metrics(
     with torch.no_grad(), torch.autocast(fused.device.type, enabled=False):
         for start in range(0, fused.shape[0], chunk):
             part = slice(start, start + chunk)
-            batch = _Batch(_stacked_grey_levels([image[part] for image in (a, b, fused)]), kernels)
+            batch = _Batch(_stacked_grey_levels([image[part] for image in (a, b, fused)], by_image=kernels), kernels)
             results = {name: _SOURCE_FUNCTIONS[name](batch) for name in names if name not in _NEEDS_TARGET}
             if needs_target:
                 results.update(_target_metrics(batch.f, to_grey_levels(gt[part])[:, 0], needs_target))
@@ -693,11 +713,18 @@ def compute_metrics(
     return {name: torch.cat([results[name] for results in parts]) for name in names}
 
 
-def _stacked_grey_levels(images: Sequence[Tensor]) -> Tensor:
-    """(len(images), B, H, W) float64 grey levels; 8-bit grey images are stacked first (one conversion)."""
+def _stacked_grey_levels(images: Sequence[Tensor], by_image: bool = False) -> Tensor:
+    """(len(images), B, H, W) float64 grey levels; 8-bit grey images are stacked first (one conversion).
+
+    With ``by_image`` the memory is laid out (B, len(images), H, W) and a transposed view is
+    returned, so that each image's maps are contiguous for ``metric_kernels`` (no copies there).
+    """
+    dim = 1 if by_image else 0
     if all(image.dtype == torch.uint8 and image.shape[1] == 1 for image in images):
-        return torch.stack([image[:, 0] for image in images]).to(torch.float64)
-    return torch.stack([to_grey_levels(image)[:, 0] for image in images])
+        levels = torch.stack([image[:, 0] for image in images], dim=dim).to(torch.float64)
+    else:
+        levels = torch.stack([to_grey_levels(image)[:, 0] for image in images], dim=dim)
+    return levels.transpose(0, 1) if by_image else levels
 
 
 _CHUNK_PIXELS = {"cpu": 1 << 19, "cuda": 1 << 24}
