@@ -219,7 +219,7 @@ class _Batch:
     @functools.cached_property
     def by_image32(self) -> np.ndarray:
         """:attr:`by_image` in float32 (grey levels are exact in it)."""
-        return self.by_image.astype(np.float32)
+        return self.levels.transpose(0, 1).to(torch.float32).contiguous().numpy()
 
     @functools.cached_property
     def kernel_statistics(self) -> dict[str, Tensor]:
@@ -403,9 +403,9 @@ def _vif(batch: _Batch) -> Tensor:
 def _vif_kernel_sums(batch: _Batch) -> tuple[Tensor, Tensor]:
     """(2, B) information sums of F about A and B, and the (2, B) reference sums, by ``metric_kernels``."""
     sums = np.zeros((batch.batch, 4))
+    windows = [_vif_window(_vif_window_size(scale), batch.device).numpy() for scale in range(1, _VIF_SCALES + 1)]
     for index, images in enumerate(batch.by_image):  # (3, H, W): A, B, F
-        for scale in range(1, _VIF_SCALES + 1):
-            taps = _vif_window(_vif_window_size(scale), batch.device).numpy()
+        for scale, taps in enumerate(windows, start=1):
             if scale > 1:
                 images = metric_kernels.vif_downsample(images, taps)
             sums[index] += metric_kernels.vif_scale_sums(images[0], images[1], images[2], taps)
