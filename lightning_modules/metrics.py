@@ -10,9 +10,13 @@ Where the published numbers depend on a quirk of the common evaluator, the quirk
 commented where it is implemented: OpenCV's float grey conversion order, Qabf's ratio where the
 gradient magnitudes are equal, Nabf's mirror padding, and SSIM's float32 arithmetic with
 ``data_range = 2``. VIF's local variances cancel catastrophically in flat regions, so its local
-statistics are float64 (filters as banded matrix products, ``metric_filters``: the fastest float64
-filtering torch has on CPU); steps whose reference runs in float32, or whose float32 rounding stays
-far below 1e-6 relative, run in float32 with float64 sums. Batches run in memory-bounded chunks.
+statistics are float64; steps whose reference runs in float32, or whose float32 rounding stays far
+below 1e-6 relative, run in float32 with float64 sums. Batches run in memory-bounded chunks.
+
+Two implementations of the costly parts (VIF, SSIM, Qabf, Nabf, the whole-image statistics), chosen
+by ``backend`` (:data:`BACKENDS`): batched torch on any device (filters as banded matrix products,
+``metric_filters``: the fastest float64 filtering torch has), and on CPU the fused row-wise loops
+of ``metric_kernels`` (several times faster there). Tests hold both to the published values.
 
 Public API:
 
