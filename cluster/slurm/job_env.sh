@@ -36,11 +36,12 @@ fi
 : "${MPLCONFIGDIR:=$project_root/.cache/matplotlib}"
 : "${TORCH_EXTENSIONS_DIR:=$project_root/.cache/torch_extensions}"
 : "${TORCH_HOME:=$project_root/.cache/torch}"
+: "${NUMBA_CACHE_DIR:=$project_root/.cache/numba}"
 : "${HF_HOME:=$project_root/.cache/huggingface}"
 : "${WANDB_CACHE_DIR:=$project_root/.cache/wandb}"
 : "${WANDB_CONFIG_DIR:=$project_root/.cache/wandb-config}"
 : "${WANDB_MODE:=offline}"
-export XDG_CACHE_HOME MPLCONFIGDIR TORCH_EXTENSIONS_DIR TORCH_HOME HF_HOME WANDB_CACHE_DIR WANDB_CONFIG_DIR WANDB_MODE
+export XDG_CACHE_HOME MPLCONFIGDIR TORCH_EXTENSIONS_DIR TORCH_HOME NUMBA_CACHE_DIR HF_HOME WANDB_CACHE_DIR WANDB_CONFIG_DIR WANDB_MODE
 export PYTHONUNBUFFERED=1
 
 RECIPE=${RECIPE:-gifnet}
