@@ -68,6 +68,7 @@ def vif_scale_sums(a: np.ndarray, b: np.ndarray, f: np.ndarray, taps: np.ndarray
 
     Natural-log sums of the reference's ``1 + g^2 sigma1^2 / (sv^2 + sigma_nsq)`` and
     ``1 + sigma1^2 / sigma_nsq`` over the 'valid' pixels, with its masking sequence, all in float64.
+    ``taps`` must be symmetric (VIF's Gaussian windows are, to the bit): the filters use it.
     """
     size = taps.shape[0]
     height, width = a.shape
@@ -126,13 +127,6 @@ def _product_rows(out: np.ndarray, a: np.ndarray, b: np.ndarray, f: np.ndarray) 
         out[5, j] = f[j] * f[j]
         out[6, j] = a[j] * f[j]
         out[7, j] = b[j] * f[j]
-
-
-@numba.njit(error_model="numpy", cache=True)
-def _four_taps(taps: np.ndarray, k: int) -> tuple[float, float, float, float]:
-    """taps[k .. k + 3], 0 past the end (those terms then add 0 times a valid row)."""
-    size = taps.shape[0]
-    return (taps[k], taps[k + 1] if k + 1 < size else 0.0, taps[k + 2] if k + 2 < size else 0.0, taps[k + 3] if k + 3 < size else 0.0)
 
 
 @numba.njit(error_model="numpy", cache=True, fastmath=_VIF_FASTMATH)
