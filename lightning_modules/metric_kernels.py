@@ -396,21 +396,27 @@ def _edge_rows(levels: np.ndarray, first: int, last: int) -> np.ndarray:
     return totals.sum(axis=1)
 
 
+@numba.njit(error_model="numpy", cache=True, inline="always")
+def _sobel_at(up: np.ndarray, middle: np.ndarray, down: np.ndarray, left: int, j: int, right: int) -> tuple[np.float32, np.float32]:
+    """Sobel responses (right minus left, top minus bottom) at column j of a row from its three image
+    rows, reading columns ``left`` and ``right`` beside it. Integer levels: exact in float32."""
+    horizontal = (up[right] + _F32(2.0) * middle[right] + down[right]) - (up[left] + _F32(2.0) * middle[left] + down[left])
+    vertical = (up[left] + _F32(2.0) * up[j] + up[right]) - (down[left] + _F32(2.0) * down[j] + down[right])
+    return horizontal, vertical
+
+
 @numba.njit(error_model="numpy", cache=True)
 def _sobel_row(up: np.ndarray, middle: np.ndarray, down: np.ndarray, horizontal: np.ndarray, vertical: np.ndarray, zero_ends: bool) -> None:
-    """Sobel responses (right minus left, top minus bottom) of one row from its three image rows;
-    outside the row's ends the columns are mirrored (edge pixel not repeated) or zero. Integer
-    levels: exact in float32."""
+    """Sobel responses of one row (see :func:`_sobel_at`); outside the row's ends the columns are
+    mirrored (edge pixel not repeated) or zero."""
     width = middle.shape[0]
     for j in range(1, width - 1):
-        horizontal[j] = (up[j + 1] + _F32(2.0) * middle[j + 1] + down[j + 1]) - (up[j - 1] + _F32(2.0) * middle[j - 1] + down[j - 1])
-        vertical[j] = (up[j - 1] + _F32(2.0) * up[j] + up[j + 1]) - (down[j - 1] + _F32(2.0) * down[j] + down[j + 1])
+        horizontal[j], vertical[j] = _sobel_at(up, middle, down, j - 1, j, j + 1)
     if zero_ends:
         _sobel_ends(up, middle, down, horizontal, vertical)
     else:
         for j, left, right in ((0, 1, 1), (width - 1, width - 2, width - 2)):
-            horizontal[j] = (up[right] + _F32(2.0) * middle[right] + down[right]) - (up[left] + _F32(2.0) * middle[left] + down[left])
-            vertical[j] = (up[left] + _F32(2.0) * up[j] + up[right]) - (down[left] + _F32(2.0) * down[j] + down[right])
+            horizontal[j], vertical[j] = _sobel_at(up, middle, down, left, j, right)
 
 
 @numba.njit(error_model="numpy", cache=True)

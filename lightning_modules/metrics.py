@@ -156,7 +156,7 @@ class _Batch:
 
     def __init__(self, levels: Tensor, kernels: bool) -> None:
         self.levels = levels
-        self.kernels = kernels  # VIF, SSIM, Qabf and Nabf through metric_kernels (CPU only)
+        self.kernels = kernels  # the costly parts through metric_kernels (CPU only); see BACKENDS
         _, self.batch, self.height, self.width = levels.shape
         self.pixels = self.height * self.width
         self.device = levels.device
@@ -607,11 +607,11 @@ def _ssim_pair_sum(batch: _Batch, data_range: float) -> Tensor:
 
 def _ssim(batch: _Batch) -> Tensor:
     # The common evaluator's pinned scikit-image took the data range of float32 images, -1..1.
-    return _ssim_pair_sum(batch, 2.0)
+    return _ssim_pair_sum(batch, _SSIM_DATA_RANGES[0])
 
 
 def _ssim_std(batch: _Batch) -> Tensor:
-    return _ssim_pair_sum(batch, 255.0)
+    return _ssim_pair_sum(batch, _SSIM_DATA_RANGES[1])
 
 
 # ---------------------------------------------------------------------------------- target ones
@@ -665,8 +665,8 @@ def _check_batch(**images: Tensor) -> None:
 
 
 BACKENDS: tuple[str, ...] = ("auto", "torch", "kernels")
-"""How :func:`compute_metrics` computes VIF, SSIM, Qabf and Nabf: batched torch on any device, or the
-fused loops of ``metric_kernels`` (CPU only, several times faster there); "auto" takes the kernels
+"""How :func:`compute_metrics` computes VIF, SSIM, Qabf, Nabf and the whole-image statistics (histograms,
+moments, SF, AG): batched torch on any device, or the fused loops of ``metric_kernels`` (CPU only, several times faster there); "auto" takes the kernels
 for CPU tensors and torch otherwise. Both give the same values to float rounding."""
 
 
