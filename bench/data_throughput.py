@@ -50,7 +50,9 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler  # noqa:
 from datamodules import demo, images  # noqa: E402
 from datamodules.mixture import FusionDataModule, ShardSource, _to_tensor  # noqa: E402
 from datamodules.schema import SampleMeta, collate, degradation_vector, task_id  # noqa: E402
-from datamodules.shards import StreamStats, build_from_folders, iter_shard, parse_sample  # noqa: E402
+from datamodules.shards.build import build_from_folders
+from datamodules.shards.stream import StreamStats
+from datamodules.shards.tar import iter_shard, parse_sample  # noqa: E402
 
 TASKS = demo.DEMO_TASKS
 

@@ -36,7 +36,8 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from datamodules.schema import DEGRADATIONS, TASK_IDS  # noqa: E402
-from lightning_modules.gifnet import MFIF_BRANCH, GIFNetModule  # noqa: E402
+from lightning_modules.gifnet import GIFNetModule  # noqa: E402
+from lightning_modules.networks.gifnet import MFIF_BRANCH  # noqa: E402
 from recipes.cli import CONFIG_DIR  # noqa: E402
 
 PUBLIC_TRAIN_STEP_S = 3.57

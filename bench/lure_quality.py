@@ -25,12 +25,10 @@ import sys
 import time
 from pathlib import Path
 from statistics import mean
-from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # noqa: E402
 

@@ -10,7 +10,7 @@ For one 640 x 480 pair and for a batch of 16, prints per metric and in total the
 reference below, and their ratio. The pair is a crop of a real fusion-bench pair with its
 published GIFNet fusion (synthetic smooth images when the shared folder is absent). On CPU the
 default backend runs VIF, SSIM, Qabf and Nabf through the fused loops of
-``lightning_modules.metric_kernels``; the batch is then also timed with the batched-torch backend.
+``lightning_modules.metrics.kernels``; the batch is then also timed with the batched-torch backend.
 
 The reference implements the same formulas and conventions (``../shared/fusion-bench/README.md``)
 the way the widely used Python evaluator does: one image at a time, 2-D ``convolve2d`` windows

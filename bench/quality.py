@@ -38,6 +38,17 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args()
 
 
+def predict_pairs(
+    recipe: str, ckpt: Path, config: Path | None, pairs: Path, fused: Path, runs_dir: Path, predict_options: list[str]
+) -> None:
+    """Fuse every pair under ``pairs`` into ``fused`` with the recipe's own ``predict`` (in this process)."""
+    predict_args = ["predict", "--ckpt_path", str(ckpt), "--data.predict_pairs", f"[{pairs}]", "--output_dir", str(fused)]
+    predict_args += ["--trainer.logger", "false", "--runs_dir", str(runs_dir)]
+    if config is not None:
+        predict_args[1:1] = ["--config", str(config)]
+    importlib.import_module(f"recipes.{recipe}").main(predict_args + predict_options)
+
+
 def main() -> None:
     options, predict_options = parse_args()
     if not options.ckpt.is_file():
@@ -46,12 +57,7 @@ def main() -> None:
         raise SystemExit(f"pair folder {options.pairs} not found: fusion-bench lives in ../shared/fusion-bench beside the project")
     out = options.out or options.ckpt.resolve().parent.parent / "quality"
     fused = out / "fused"
-    recipe = importlib.import_module(f"recipes.{options.recipe}")
-    predict_args = ["predict", "--ckpt_path", str(options.ckpt), "--data.predict_pairs", f"[{options.pairs}]", "--output_dir", str(fused)]
-    predict_args += ["--trainer.logger", "false", "--runs_dir", str(out / "runs")]
-    if options.config is not None:
-        predict_args[1:1] = ["--config", str(options.config)]
-    recipe.main(predict_args + predict_options)
+    predict_pairs(options.recipe, options.ckpt, options.config, options.pairs, fused, out / "runs", predict_options)
     evaluate.main(
         [
             "--pairs", str(options.pairs),

@@ -1,3 +1,3 @@
 """SLURM batch scripts, DeepSpeed configs and a one-host SLURM cluster for tests."""
 
-from lightning_modules import torchvision_compat as _torchvision_compat  # noqa: F401  (must come first)
+from datamodules import torchvision_compat as _torchvision_compat  # noqa: F401  (must come first)

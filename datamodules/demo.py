@@ -39,9 +39,15 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from datamodules import images
+from datamodules import images, synthesis
 from datamodules.schema import SampleMeta
-from datamodules.shards import ShardSetWriter, encode_sample, normalise_tag, read_index
+from datamodules.shards.verify import format_totals
+from datamodules.shards.writer import (
+    ShardSetWriter,
+    encode_sample,
+    normalise_tag,
+    read_index,
+)
 
 DEMO_VERSION = 1
 DEMO_TASKS = ("mfif", "meif", "restore", "ivif")
@@ -76,67 +82,7 @@ def photo_dir() -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Image synthesis (float32 RGB or grey in [0, 1])
-
-
-def _to_float(image: np.ndarray) -> np.ndarray:
-    return image.astype(np.float32) / (65535.0 if image.dtype == np.uint16 else 255.0)
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-
-
-def _srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def _linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0, 1)
-    return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055).astype(np.float32)
-
-
-def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
-    if sigma <= 0:
-        return image
-    return cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
-
-
-def _variable_blur(image: np.ndarray, sigma_map: np.ndarray, max_sigma: float) -> np.ndarray:
-    """Per-pixel Gaussian defocus: blend between a stack of uniformly blurred copies."""
-    levels = np.linspace(0.0, max_sigma, 7)
-    stack = [_gaussian(image, float(s)) for s in levels]
-    position = np.clip(sigma_map / max_sigma * (len(levels) - 1), 0, len(levels) - 1 - 1e-6)
-    low = np.floor(position).astype(np.int64)
-    frac = (position - low).astype(np.float32)
-    out = np.zeros_like(image)
-    for index in range(len(levels) - 1):
-        weight_low = np.where(low == index, 1 - frac, 0).astype(np.float32)
-        weight_high = np.where(low == index, frac, 0).astype(np.float32)
-        if image.ndim == 3:
-            weight_low, weight_high = weight_low[..., None], weight_high[..., None]
-        out += weight_low * stack[index] + weight_high * stack[index + 1]
-    return out
-
-
-def _blob_mask(shape: tuple[int, int], rng: np.random.Generator, coverage: float = 0.45) -> np.ndarray:
-    """A smooth foreground mask in [0, 1] from thresholded low-frequency noise."""
-    height, width = shape
-    noise = rng.standard_normal((max(4, height // 32), max(4, width // 32))).astype(np.float32)
-    field = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
-    field = _gaussian(field, min(height, width) / 24)
-    threshold = np.quantile(field, 1 - coverage)
-    mask = (field > threshold).astype(np.float32)
-    return np.clip(_gaussian(mask, 2.0), 0, 1)
-
-
-def _smooth_depth(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A plausible scene depth in [0, 1] (0 near): a ground-plane gradient plus low-frequency relief."""
-    height, width = shape
-    rows = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None].repeat(width, 1)
-    relief = cv2.resize(rng.standard_normal((6, 6)).astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
-    depth = 0.7 * rows + 0.3 * (relief - relief.min()) / (np.ptp(relief) + 1e-6)
-    return (depth - depth.min()) / (np.ptp(depth) + 1e-6)
+# Depth of the stereo photograph
 
 
 def motorcycle_depth(shape: tuple[int, int]) -> np.ndarray:
@@ -152,94 +98,6 @@ def motorcycle_depth(shape: tuple[int, int]) -> np.ndarray:
     return 1.0 - near
 
 
-def make_multifocus(photo: np.ndarray, depth: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
-    """(near focus, far focus, how): defocus grows with distance from each focal plane."""
-    max_sigma = float(rng.uniform(3.0, 5.5))
-    if depth is not None:
-        plane_near, plane_far = np.quantile(depth, 0.1), np.quantile(depth, 0.85)
-        near = _variable_blur(photo, np.abs(depth - plane_near) / (1 - plane_near + 1e-6) * max_sigma * 1.4, max_sigma)
-        far = _variable_blur(photo, np.abs(depth - plane_far) / (plane_far + 1e-6) * max_sigma * 1.4, max_sigma)
-        return near, far, "depth"
-    mask = _blob_mask(photo.shape[:2], rng)
-    near = _variable_blur(photo, (1 - mask) * max_sigma, max_sigma)  # foreground sharp
-    far = _variable_blur(photo, mask * max_sigma, max_sigma)  # background sharp
-    return near, far, "mask"
-
-
-def _shoulder(x_linear: np.ndarray, knee: float = 0.75) -> np.ndarray:
-    """Identity below ``knee``, then an exponential roll-off to 1 (highlights saturate softly)."""
-    span = 1.0 - knee
-    return np.where(x_linear < knee, x_linear, knee + span * (1 - np.exp(-(x_linear - knee) / span))).astype(np.float32)
-
-
-def make_exposures(photo: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
-    """(under, over, stops): the photograph shifted by -stops and +stops in linear light."""
-    stops = float(rng.uniform(1.8, 3.0))
-    linear = _srgb_to_linear(photo)
-    under = _linear_to_srgb(linear * 2.0**-stops)
-    over = _linear_to_srgb(_shoulder(linear * 2.0**stops))
-    return under, over, stops
-
-
-def degrade(photo: np.ndarray, kind: str, severity: int, rng: np.random.Generator, depth: np.ndarray | None = None) -> np.ndarray:
-    """One degradation of ``kind`` at ``severity`` (1..3) applied to a float image in [0, 1]."""
-    level = severity - 1
-    if kind == "noise":
-        sigma = (0.04, 0.09, 0.16)[level]
-        return np.clip(photo + rng.normal(0, sigma, photo.shape).astype(np.float32), 0, 1)
-    if kind == "blur":
-        if rng.random() < 0.5:
-            return _gaussian(photo, (1.2, 2.2, 3.5)[level])
-        length = (7, 13, 21)[level]
-        kernel = np.zeros((length, length), np.float32)
-        kernel[length // 2, :] = 1.0 / length
-        rotation = cv2.getRotationMatrix2D((length / 2 - 0.5, length / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
-        kernel = cv2.warpAffine(kernel, rotation, (length, length))
-        kernel /= kernel.sum()
-        return cv2.filter2D(photo, -1, kernel, borderType=cv2.BORDER_REFLECT)
-    if kind == "lowlight":
-        gain = (0.3, 0.15, 0.07)[level]
-        dark = _linear_to_srgb(_srgb_to_linear(photo) * gain)
-        shot = rng.normal(0, 1, photo.shape).astype(np.float32) * np.sqrt(np.maximum(dark, 0) * 0.002) + rng.normal(0, 0.004, photo.shape).astype(np.float32)
-        return np.clip(dark + shot, 0, 1)
-    if kind == "haze":
-        depth = depth if depth is not None else _smooth_depth(photo.shape[:2], rng)
-        beta = (0.8, 1.5, 2.4)[level]
-        transmission = np.exp(-beta * (0.2 + depth)).astype(np.float32)
-        if photo.ndim == 3:
-            transmission = transmission[..., None]
-        airlight = float(rng.uniform(0.75, 0.95))
-        return np.clip(photo * transmission + airlight * (1 - transmission), 0, 1)
-    if kind == "jpeg":
-        quality = (35, 18, 8)[level]
-        as_uint8 = _to_uint8(photo)
-        bgr = as_uint8 if as_uint8.ndim == 2 else cv2.cvtColor(as_uint8, cv2.COLOR_RGB2BGR)
-        ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        decoded = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
-        decoded = decoded if decoded.ndim == 2 else cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-        return _to_float(decoded)
-    raise ValueError(f"unknown degradation {kind!r}")
-
-
-def make_infrared(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A grey infrared-like image: smoothed emission, hot objects, little texture, sensor noise.
-
-    Warm-coloured regions (skin, red paint) of a colour photograph become the hot objects; a grey
-    photograph gets a few hot blobs where it is bright.
-    """
-    grey = photo if photo.ndim == 2 else photo @ np.array([0.299, 0.587, 0.114], np.float32)
-    base = 0.2 + 0.3 * _gaussian(0.6 * grey + 0.4 * (1.0 - grey), 4.0)
-    if photo.ndim == 3:
-        warm = np.clip((photo[..., 0] - photo[..., 2]) * 2.5, 0, 1) * np.clip(photo[..., 0] * 1.5, 0, 1)
-        hot = _gaussian(warm, 3.0)
-    else:
-        hot = _blob_mask(grey.shape, rng, coverage=0.15) * _gaussian(grey, 3.0)
-    hot = hot / (hot.max() + 1e-6) * float(rng.uniform(0.4, 0.6))
-    edges = np.abs(cv2.Laplacian(_gaussian(grey, 1.5), cv2.CV_32F, ksize=3))
-    texture = 0.12 * edges / (np.quantile(edges, 0.99) + 1e-6)
-    columns = 0.004 * rng.standard_normal(grey.shape[1]).astype(np.float32)[None, :]  # fixed-pattern noise
-    infrared = base + hot + texture + columns + rng.normal(0, 0.01, grey.shape).astype(np.float32)
-    return np.clip(infrared, 0, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,7 +112,7 @@ def load_photo(name: str) -> tuple[np.ndarray, np.ndarray | None]:
     scale = max(scale, MIN_SIDE / min(height, width))
     if scale != 1.0:
         image = images.resize_to(image, round(height * scale), round(width * scale))
-    photo = _to_float(image)
+    photo = synthesis.to_unit_float(image)
     depth = motorcycle_depth(photo.shape[:2]) if name.startswith("motorcycle") else None
     return photo, depth
 
@@ -267,27 +125,27 @@ def photo_samples(name: str, rng: np.random.Generator, split: str) -> Iterator[t
     variants = 2 if split == "train" else 1
 
     for index in range(variants):
-        near, far, how = make_multifocus(photo, depth, rng)
-        yield f"{stem}-mf{index}", {"a": _to_uint8(near), "b": _to_uint8(far), "gt": _to_uint8(photo)}, SampleMeta(
+        near, far, how = synthesis.make_multifocus(photo, depth, rng)
+        yield f"{stem}-mf{index}", {"a": synthesis.to_uint8(near), "b": synthesis.to_uint8(far), "gt": synthesis.to_uint8(photo)}, SampleMeta(
             task="mfif", source=f"{source}/{how}-defocus", prompt="fuse the near- and far-focused images into one sharp image"
         )
     for index in range(variants):
-        under, over, stops = make_exposures(photo, rng)
-        yield f"{stem}-me{index}", {"a": _to_uint8(under), "b": _to_uint8(over), "gt": _to_uint8(photo)}, SampleMeta(
+        under, over, stops = synthesis.make_exposures(photo, rng)
+        yield f"{stem}-me{index}", {"a": synthesis.to_uint8(under), "b": synthesis.to_uint8(over), "gt": synthesis.to_uint8(photo)}, SampleMeta(
             task="meif", source=f"{source}/exposure-{stops:.1f}ev", prompt="fuse the under- and over-exposed images"
         )
     for index in range(variants):
-        infrared = make_infrared(photo, rng)
-        yield f"{stem}-ir{index}", {"a": _to_uint8(infrared), "b": _to_uint8(photo)}, SampleMeta(
+        infrared = synthesis.make_infrared(photo, rng)
+        yield f"{stem}-ir{index}", {"a": synthesis.to_uint8(infrared), "b": synthesis.to_uint8(photo)}, SampleMeta(
             task="ivif", source=f"{source}/synthetic-infrared", synthetic=True,
             prompt="fuse the infrared and visible images",
         )
     severities = [2] * len(RESTORE_KINDS) if split == "val" else None
     for index, kind in enumerate(RESTORE_KINDS):
         for severity in severities[index : index + 1] if severities else rng.choice([1, 2, 3], size=2, replace=False):
-            degraded = degrade(photo, kind, int(severity), rng, depth)
+            degraded = synthesis.degrade_photo(photo, kind, int(severity), rng, depth)
             tag = normalise_tag(f"{kind}:{int(severity)}")
-            yield f"{stem}-{kind}{int(severity)}", {"a": _to_uint8(degraded), "gt": _to_uint8(photo)}, SampleMeta(
+            yield f"{stem}-{kind}{int(severity)}", {"a": synthesis.to_uint8(degraded), "gt": synthesis.to_uint8(photo)}, SampleMeta(
                 task="restore", degradations=[tag], source=f"{source}/{kind}", prompt=f"remove the {kind} from the image"
             )
 
@@ -378,18 +236,6 @@ def ensure_demo(root: str | Path | None = None, progress: bool = True) -> Path:
     return root
 
 
-def demo_sources(root: str | Path | None = None) -> list:
-    """One mixture source per demo task, equally weighted."""
-    from datamodules.mixture import ShardSource
-
-    root = demo_root(root)
-    shards = read_index(root / "train")["shards"]
-    return [
-        ShardSource(urls=[str(root / "train" / s["name"]) for s in shards if s["name"].startswith(f"{task}-")], weight=1.0, task=task, name=task)
-        for task in DEMO_TASKS
-    ]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datamodules.demo", description="Build the built-in demo set.")
     parser.add_argument("--out", help="output folder (default: data/demo in the project, or $UNIFUSE_DEMO_DIR)")
@@ -402,8 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         build_demo(root, seed=args.seed)
     manifest = json.loads((root / _DONE).read_text())
-    from datamodules.shards import format_totals
-
     print(f"demo set in {root}: {manifest['samples']['train']} training samples (shards in train/), "
           f"{manifest['samples']['val']} validation pairs (val/)")
     print(format_totals(read_index(root / "train")["totals"]))

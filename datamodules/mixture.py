@@ -46,9 +46,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, get_worker_info
 
-from datamodules import images
+from datamodules import demo, images
+from datamodules.pairs import PairFolderDataset
 from datamodules.schema import TASKS, SampleMeta, collate, degradation_vector, task_id
-from datamodules.shards import StreamStats, expand_urls, iter_shard, parse_sample, shard_counts
+from datamodules.shards.stream import StreamStats, expand_urls, shard_counts
+from datamodules.shards.tar import iter_shard, parse_sample
+from datamodules.shards.writer import read_index
 
 log = logging.getLogger(__name__)
 
@@ -476,6 +479,16 @@ def _distributed_position() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def demo_sources(root: str | Path | None = None) -> list[ShardSource]:
+    """One mixture source per demo task, equally weighted."""
+    root = demo.demo_root(root)
+    shards = read_index(root / "train")["shards"]
+    return [
+        ShardSource(urls=[str(root / "train" / s["name"]) for s in shards if s["name"].startswith(f"{task}-")], weight=1.0, task=task, name=task)
+        for task in demo.DEMO_TASKS
+    ]
+
+
 class FusionDataModule(pl.LightningDataModule):
     """Weighted multi-task shard streaming for training; paired folders for validation, test, predict.
 
@@ -559,8 +572,6 @@ class FusionDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.sources is None:
-            from datamodules import demo
-
             demo.ensure_demo(self.demo_dir)
 
     def _position(self) -> tuple[int, int]:
@@ -572,10 +583,8 @@ class FusionDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.sources is None:
-            from datamodules import demo
-
             root = demo.demo_root(self.demo_dir)
-            self.sources = demo.demo_sources(root)
+            self.sources = demo_sources(root)
             if self.val_pairs is None:
                 self.val_pairs = [str(root / "val")]
         if stage in (None, "fit") and self.train_stream is None:
@@ -598,8 +607,6 @@ class FusionDataModule(pl.LightningDataModule):
 
     def _check_tasks(self) -> None:
         """A source declared as one task whose index lists others is a configuration error."""
-        from datamodules.shards import read_index
-
         for source in self.sources or []:
             if source.task is None:
                 continue
@@ -638,8 +645,6 @@ class FusionDataModule(pl.LightningDataModule):
     def _pairs_loader(self, roots: list[str] | None, what: str) -> DataLoader:
         if not roots:
             raise ValueError(f"no {what} data: set data.{what}_pairs to paired folders (layouts in datamodules/pairs.py)")
-        from datamodules.pairs import PairFolderDataset
-
         datasets = [PairFolderDataset(root, task=self.pair_task, key_prefix=Path(root).name if len(roots) > 1 else None) for root in roots]
         dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
         return DataLoader(

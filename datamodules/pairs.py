@@ -35,7 +35,14 @@ from torch.utils.data import Dataset
 
 from datamodules import images
 from datamodules.images import ImageError
-from datamodules.schema import TASKS, SampleMeta, degradation_vector, luminance, task_id, to_float
+from datamodules.schema import (
+    TASKS,
+    SampleMeta,
+    degradation_vector,
+    luminance,
+    task_id,
+    to_float,
+)
 
 
 def _find_member(folder: Path, role: str) -> Path | None:

@@ -25,9 +25,9 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from datamodules.schema import TASKS
-from lightning_modules.color import restore_color
+from lightning_modules.inference.color import restore_color
 from lightning_modules.metrics import FusionMetricTracker
-from lightning_modules.tiling import fuse_in_tiles, fuse_padded
+from lightning_modules.inference.tiling import fuse_in_tiles, fuse_padded
 
 
 class FusionModule(pl.LightningModule):

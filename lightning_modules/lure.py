@@ -1,6 +1,6 @@
 """LURE: degradation-aware fusion in a unified latent space, guided by text (the LightningModule).
 
-The network is in :mod:`lightning_modules.lure_net`; prompts come from :mod:`lightning_modules.text`.
+The network is in :mod:`lightning_modules.networks.lure`; prompts come from :mod:`lightning_modules.text`.
 The paper's code is not public; this is our design from its stated facts:
 
 **Stage 1, the unified latent space.** Restoration pairs (degraded ``a``, clean ``gt``) of either
@@ -16,7 +16,7 @@ image. For every pair
   are ``L1 + ssim_weight (1 - SSIM) + gradient_weight |grad|-L1`` (``lightning_modules.losses``);
 - pseudo-degradation: clean images of the batch (restoration targets, fusion targets, undegraded
   fusion sources; all sources if a batch has none) are re-degraded on the fly with a random
-  synthetic kind and severity (:mod:`lightning_modules.pseudo_degradation`), prompted from the
+  synthetic kind and severity (:mod:`datamodules.synthesis`), prompted from the
   prompt table accordingly, and take the same unified and restoration losses (weight
   ``pseudo_weight``). Its degradations are known exactly and cover every modality in the mixture,
   which steadies the alignment when real pairs are few or of one kind.
@@ -55,15 +55,20 @@ import random
 from typing import Any, Iterator, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from datamodules.schema import DEGRADATIONS, TASK_IDS, TASKS
+from datamodules.synthesis import random_degradations
 from lightning_modules.fusion import FusionModule
-from lightning_modules.losses import exposure_weights, gradient_loss, intensity_loss, ssim_loss
-from lightning_modules.lure_net import LURENet, select_text
-from lightning_modules.pseudo_degradation import random_degradations
-from lightning_modules.text import PromptEncoder, PromptTable, TextEncoderConfig
+from lightning_modules.losses import (
+    exposure_weights,
+    gradient_loss,
+    intensity_loss,
+    ssim_loss,
+)
+from lightning_modules.networks.lure import LURENet, select_text
+from lightning_modules.prompts import PromptTable
+from lightning_modules.text import PromptEncoder, TextEncoderConfig
 
 RESTORE = TASK_IDS["restore"]
 MEIF = TASK_IDS["meif"]

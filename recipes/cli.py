@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 
-from lightning_modules.writer import FusedImageWriter
+from lightning_modules.inference.writer import FusedImageWriter
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

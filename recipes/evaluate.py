@@ -15,7 +15,7 @@ Supports:
   ``TASK/pair`` is looked up as ``DIR/TASK/pair.*`` (what ``predict`` writes),
   ``DIR/TASK/NAME/pair.*`` (fusion-bench's ``published`` layout), then ``DIR/pair.*``.
 - ``--baselines``: pixel average, choose-max and 4-level Laplacian-pyramid fusion
-  (``lightning_modules.classical``) computed on the same pairs in the same run.
+  (``lightning_modules.metrics.baselines``) computed on the same pairs in the same run.
 - The metrics of ``lightning_modules.metrics`` under the fusion-bench reference conventions
   (every image read as 8 bits, BT.601 grey, rounded), batched per pair over all methods, on GPU
   when there is one. Pairs with a target (``gt``) add PSNR_gt and SSIM_gt; restoration pairs
@@ -52,7 +52,7 @@ from tqdm import tqdm
 from datamodules.images import IMAGE_SUFFIXES, ImageError, read_image
 from datamodules.pairs import PairFolderDataset
 from datamodules.schema import TASKS, to_float
-from lightning_modules.classical import BASELINES
+from lightning_modules.metrics.baselines import BASELINES
 from lightning_modules.metrics import (
     HIGHER_IS_BETTER,
     METRICS,

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from _cluster_probe import weights_digest
 from _cluster_slurm import PROJECT_ROOT, interpreter_environment
+from PIL import Image
 
 TINY_CONFIG = "recipes/configs/gifnet-tiny.yaml"
 STALE_LOCK_S = 15 * 60

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.schema import SampleMeta
-from datamodules.shards import ShardSetWriter, encode_sample
+from datamodules.shards.writer import ShardSetWriter, encode_sample
 
 
 def random_image(rng: np.random.Generator, height: int, width: int, channels: int = 1, depth: int = 8) -> np.ndarray:

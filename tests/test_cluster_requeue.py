@@ -19,7 +19,6 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 from cluster.requeue import SynchronizedRequeue
 
 
-
 class _Regression(LightningModule):
     def __init__(self) -> None:
         super().__init__()

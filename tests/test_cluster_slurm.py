@@ -18,11 +18,15 @@ from typing import Iterator, Sequence
 
 import pytest
 import torch
-
-from recipes.cli import wandb_run_id
 from _cluster_probe import read_events, weights_digest
 from _cluster_slurm import PROJECT_ROOT, LocalSlurmCluster, slurm_installed
-from _deepspeed_roundtrip import assert_converts_and_predict_loads, assert_shards_of_both_ranks, build_deepspeed_cpu_ops
+from _deepspeed_roundtrip import (
+    assert_converts_and_predict_loads,
+    assert_shards_of_both_ranks,
+    build_deepspeed_cpu_ops,
+)
+
+from recipes.cli import wandb_run_id
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

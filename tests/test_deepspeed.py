@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from _cluster_probe import read_events
 from _deepspeed_roundtrip import (
     TINY_CONFIG,

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from data_helpers import save_png
+from test_metrics_published import one_thread  # noqa: F401  (autouse: one torch thread)
+
 from lightning_modules.metrics import NAN_REASONS, SOURCE_METRICS, compute_metrics
 from recipes.evaluate import main
-from test_metrics_published import one_thread  # noqa: F401  (autouse: one torch thread)
 
 SIZE = (44, 48)  # VIF needs 41 px
 

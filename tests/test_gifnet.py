@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.gifnet import IVIF_BRANCH, MFIF_BRANCH, GIFNet, RelativePositionBias, WindowAttentionBlock
+from lightning_modules.networks.gifnet import (
+    IVIF_BRANCH,
+    MFIF_BRANCH,
+    GIFNet,
+    RelativePositionBias,
+    WindowAttentionBlock,
+)
 
 TINY = dict(
     encoder_growth=4,

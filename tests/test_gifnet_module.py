@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from datamodules.schema import DEGRADATIONS, TASK_IDS, collate
-from lightning_modules.gifnet import IVIF_BRANCH, MFIF_BRANCH, NETWORK_ARGUMENTS, GIFNet, GIFNetModule
-from lightning_modules.tiling import fuse_padded
+from lightning_modules.gifnet import NETWORK_ARGUMENTS, GIFNetModule
+from lightning_modules.networks.gifnet import IVIF_BRANCH, MFIF_BRANCH, GIFNet
+from lightning_modules.inference.tiling import fuse_padded
 
 TINY = dict(
     encoder_growth=4,

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import PROJECT_ROOT
+from wandb_records import history
 
 from datamodules.images import encode_png, read_image
 from datamodules.mixture import FusionDataModule
 from lightning_modules.gifnet import GIFNetModule
 from recipes.cli import FusionCLI, wandb_run_id
-from conftest import PROJECT_ROOT
-from wandb_records import history
 
 TINY = str(PROJECT_ROOT / "recipes" / "configs" / "gifnet-tiny.yaml")
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from kornia.color import rgb_to_ycbcr
 
-from lightning_modules.color import restore_color
-from lightning_modules.tiling import fuse_in_tiles, fuse_padded
+from lightning_modules.inference.color import restore_color
+from lightning_modules.inference.tiling import fuse_in_tiles, fuse_padded
 
 
 def windowed_mean_fuse(multiple: int):

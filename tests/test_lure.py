@@ -14,15 +14,15 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from data_helpers import save_png
+from datamodules.synthesis import SYNTHETIC_KINDS, degrade_batch, random_degradations
+from test_text import one_thread  # noqa: F401  (autouse: the tiny models here run faster on one thread)
 
 from datamodules.schema import DEGRADATIONS, TASK_IDS, SampleMeta
-from datamodules.shards import ShardSetWriter, encode_sample
+from datamodules.shards.writer import ShardSetWriter, encode_sample
 from lightning_modules.lure import LUREModule
-from lightning_modules.lure_net import LURENet
-from lightning_modules.pseudo_degradation import SYNTHETIC_KINDS, degrade, random_degradations
+from lightning_modules.networks.lure import LURENet
 from lightning_modules.text import PromptEmbeddings, TextEncoderConfig
-from data_helpers import save_png
-from test_text import one_thread  # noqa: F401  (autouse: the tiny models here run faster on one thread)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -103,9 +103,9 @@ def test_text_guided_attention_reads_the_tokens_not_only_the_pooled_vector() -> 
 def test_pseudo_degradations_grow_with_severity(kind: str) -> None:
     torch.manual_seed(0)
     clean = smooth_images(2, 32, seed=2) * 0.8 + 0.1
-    errors = [float((degrade(clean, kind, severity) - clean).abs().mean()) for severity in (1, 2, 3)]
+    errors = [float((degrade_batch(clean, kind, severity) - clean).abs().mean()) for severity in (1, 2, 3)]
     assert 0 < errors[0] < errors[1] < errors[2]
-    assert all(0 <= float(degrade(clean, kind, s).min()) and float(degrade(clean, kind, s).max()) <= 1 for s in (1, 3))
+    assert all(0 <= float(degrade_batch(clean, kind, s).min()) and float(degrade_batch(clean, kind, s).max()) <= 1 for s in (1, 3))
 
 
 def test_random_degradations_report_what_they_did() -> None:
@@ -114,7 +114,7 @@ def test_random_degradations_report_what_they_did() -> None:
     assert degraded.shape == clean.shape and severities.shape == (6, len(DEGRADATIONS))
     assert torch.all((severities > 0).sum(dim=1) == 1)
     with pytest.raises(ValueError, match="cannot synthesise"):
-        degrade(clean, "rain", 1)
+        degrade_batch(clean, "rain", 1)
 
 
 # ------------------------------------------------------------------------------------- training

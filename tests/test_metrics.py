@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import PROJECT_ROOT
 from scipy.ndimage import uniform_filter
 
-from conftest import PROJECT_ROOT
 from lightning_modules import metrics
 from lightning_modules.metrics import (
     EXTRA_METRICS,

@@ -5,12 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import FUSION_BENCH
-from datamodules.images import read_image
-from lightning_modules.classical import BASELINES, average, choose_max, laplacian_pyramid
-from lightning_modules.metrics import SOURCE_METRICS, compute_metrics, to_grey_levels
 from test_metrics_published import one_thread  # noqa: F401  (autouse: one torch thread)
+
+from datamodules.images import read_image
+from lightning_modules.metrics.baselines import (
+    BASELINES,
+    average,
+    choose_max,
+    laplacian_pyramid,
+)
+from lightning_modules.metrics import SOURCE_METRICS, compute_metrics, to_grey_levels
 
 
 def test_average_and_choose_max():

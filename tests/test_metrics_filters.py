@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.ndimage import correlate1d
 
-from lightning_modules.metric_filters import (
+from lightning_modules.metrics.filters import (
     SeparableFilter,
     block_sums,
     box_sums,

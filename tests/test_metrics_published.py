@@ -10,8 +10,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import torch
-
 from conftest import FUSION_BENCH, PROJECT_ROOT
+
 from datamodules.images import read_image
 from lightning_modules.metrics import EXTRA_METRICS, SOURCE_METRICS, compute_metrics
 

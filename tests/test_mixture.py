@@ -11,9 +11,14 @@ import pytest
 import torch
 from data_helpers import random_image, write_shards
 
-from datamodules.mixture import FusionDataModule, MixtureStream, ShardSource, StreamLoader
-from datamodules.schema import SampleMeta, TASK_IDS, TASKS
-from datamodules.shards import ShardSetWriter, encode_sample
+from datamodules.mixture import (
+    FusionDataModule,
+    MixtureStream,
+    ShardSource,
+    StreamLoader,
+)
+from datamodules.schema import TASK_IDS, TASKS, SampleMeta
+from datamodules.shards.writer import ShardSetWriter, encode_sample
 
 CROP = 16
 
@@ -220,7 +225,6 @@ def test_small_images_are_enlarged_to_the_crop(tmp_path: Path) -> None:
 
 def test_fit_with_lightning(three_tasks: Path, tmp_path: Path) -> None:
     import pytorch_lightning as pl
-
     from data_helpers import save_png
 
     rng = np.random.default_rng(0)

@@ -16,7 +16,8 @@ from datamodules.images import ImageError
 from datamodules.mixture import FusionDataModule
 from datamodules.pairs import PairFolderDataset
 from datamodules.schema import TASK_IDS, collate
-from datamodules.shards import read_index, verify
+from datamodules.shards.verify import verify
+from datamodules.shards.writer import read_index
 
 
 @pytest.mark.skipif(not (FUSION_BENCH / "pairs").is_dir(), reason="needs ../shared/fusion-bench")
@@ -80,7 +81,8 @@ def test_demo_set_has_every_task_with_tags(small_demo: Path) -> None:
 
 
 def test_demo_samples_are_what_they_claim(small_demo: Path) -> None:
-    from datamodules.shards import StreamStats, iter_shard, parse_sample
+    from datamodules.shards.stream import StreamStats
+    from datamodules.shards.tar import iter_shard, parse_sample
 
     seen = set()
     for url in sorted((small_demo / "train").glob("*.tar")):

@@ -13,14 +13,19 @@ import tifffile
 from data_helpers import random_image, save_png, write_shards
 from PIL import Image
 
-from datamodules import images, shards
+from datamodules import images
 from datamodules.images import ImageError
-from datamodules.shards import StreamStats, build_from_folders, iter_shard, parse_sample
+from datamodules.shards.build import build_from_folders
+from datamodules.shards.cli import main as shards_main
+from datamodules.shards.stream import StreamStats, expand_urls
+from datamodules.shards.tar import ShardError, iter_shard, iter_tar, parse_sample
+from datamodules.shards.verify import inspect
+from datamodules.shards.writer import read_index
 
 
 def _read_back(out: Path) -> dict[str, tuple[dict, dict[str, bytes]]]:
     samples = {}
-    for url in shards.expand_urls(out):
+    for url in expand_urls(out):
         stats = StreamStats()
         for raw in iter_shard(url, stats):
             meta, members = parse_sample(raw)
@@ -87,14 +92,14 @@ def test_index_counts_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture)
         save_png(tmp_path / "low" / f"{number}.png", random_image(rng, 20, 20, 3))
         save_png(tmp_path / "clean" / f"{number}.png", random_image(rng, 20, 20, 3))
     out = tmp_path / "out"
-    assert shards.main(["build", str(out), "--a", str(tmp_path / "low"), "--gt", str(tmp_path / "clean"), "--task", "restore",
+    assert shards_main(["build", str(out), "--a", str(tmp_path / "low"), "--gt", str(tmp_path / "clean"), "--task", "restore",
                         "--degradation", "lowlight:2", "--degradation", "noise", "--maxcount", "3", "--quiet", "--workers", "1"]) == 0
     for number in range(4):
         save_png(tmp_path / "ir" / f"{number}.png", random_image(rng, 20, 20))
         save_png(tmp_path / "vi" / f"{number}.png", random_image(rng, 20, 20, 3))
-    assert shards.main(["build", str(out), "--a", str(tmp_path / "ir"), "--b", str(tmp_path / "vi"), "--task", "ivif",
+    assert shards_main(["build", str(out), "--a", str(tmp_path / "ir"), "--b", str(tmp_path / "vi"), "--task", "ivif",
                         "--synthetic", "--maxsize", "5K", "--quiet", "--workers", "1"]) == 0
-    index = shards.read_index(out)
+    index = read_index(out)
     by_name = {shard["name"]: shard for shard in index["shards"]}
     assert [by_name[f"restore-{n:06d}.tar"]["samples"] for n in range(3)] == [3, 3, 1]
     assert sum(s["samples"] for n, s in by_name.items() if n.startswith("ivif-")) == 4
@@ -107,14 +112,14 @@ def test_index_counts_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture)
         samples = list(iter_shard(str(out / name), StreamStats()))
         assert len(samples) == shard["samples"]
     capsys.readouterr()
-    assert shards.main(["inspect", str(out)]) == 0
+    assert shards_main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "samples: 11" in text and "restore" in text and "lowlight" in text
-    record = json.loads(json.dumps(shards.inspect(out)))
+    record = json.loads(json.dumps(inspect(out)))
     assert record["tasks"]["restore"] == 7
     # rebuilding one prefix replaces its entries and keeps the others
     build_from_folders(out, a=tmp_path / "ir", b=tmp_path / "vi", task="ivif", workers=1, progress=False)
-    assert shards.read_index(out)["totals"]["tasks"] == {"ivif": 4, "restore": 7}
+    assert read_index(out)["totals"]["tasks"] == {"ivif": 4, "restore": 7}
     assert len(list(out.glob("ivif-*.tar"))) == 1
 
 
@@ -148,7 +153,7 @@ def test_size_mismatch_is_named_and_resize_aligns(tmp_path: Path) -> None:
     for _, members in _read_back(tmp_path / "out").values():
         assert images.decode_png(members["b"]).shape == (16, 16)
     # the command line reports the same error and exits non-zero
-    assert shards.main(["build", str(tmp_path / "cli"), "--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--task", "mfif", "--quiet", "--workers", "1"]) == 2
+    assert shards_main(["build", str(tmp_path / "cli"), "--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--task", "mfif", "--quiet", "--workers", "1"]) == 2
 
 
 def test_unreadable_image_is_named(tmp_path: Path) -> None:
@@ -165,14 +170,14 @@ def test_unreadable_image_is_named(tmp_path: Path) -> None:
 def test_verify_lists_broken_members(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
     write_shards(out, "mfif", "mfif", count=6, maxcount=3)
-    assert shards.main(["verify", str(out), "--quiet"]) == 0
+    assert shards_main(["verify", str(out), "--quiet"]) == 0
     shard = out / "mfif-000001.tar"
     data = bytearray(shard.read_bytes())
     at = data.find(b"IDAT") + 200  # inside the pixel data of the first PNG of the second shard
     data[at : at + 8] = bytes(8)
     shard.write_bytes(bytes(data))
     capsys.readouterr()
-    assert shards.main(["verify", str(out), "--quiet"]) == 1
+    assert shards_main(["verify", str(out), "--quiet"]) == 1
     text = capsys.readouterr().out
     assert "5 samples decode cleanly; 1 problem(s)" in text
     assert "mfif-000001.tar#mfif-00003" in text and "CRC" in text
@@ -192,10 +197,10 @@ def test_tar_reader_handles_long_names_and_pax(tmp_path: Path) -> None:
                 info.size = len(data)
                 archive.addfile(info, io.BytesIO(data))
         with open(path, "rb") as stream:
-            read = dict(shards.iter_tar(stream))
+            read = dict(iter_tar(stream))
         expected = {n: d for n, d in names.items() if form != tarfile.USTAR_FORMAT or len(n.rsplit("/", 1)[-1]) <= 100}
         assert read == expected
     cut = tmp_path / "cut.tar"
     cut.write_bytes((tmp_path / f"{tarfile.GNU_FORMAT}.tar").read_bytes()[:1500])
-    with open(cut, "rb") as stream, pytest.raises(shards.ShardError, match="truncated"):
-        list(shards.iter_tar(stream))
+    with open(cut, "rb") as stream, pytest.raises(ShardError, match="truncated"):
+        list(iter_tar(stream))

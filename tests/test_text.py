@@ -12,14 +12,8 @@ import torch
 import yaml
 
 from datamodules.schema import DEGRADATIONS, MAX_SEVERITY, TASKS
-from lightning_modules.text import (
-    DEFAULT_PROMPT_TABLE,
-    PromptEncoder,
-    PromptTable,
-    TextEncoderConfig,
-    TextWeightsUnavailable,
-    _find_weights,
-)
+from lightning_modules.prompts import DEFAULT_PROMPT_TABLE, PromptTable
+from lightning_modules.text import PromptEncoder, TextEncoderConfig, TextWeightsUnavailable, _find_weights
 
 TINY_TEXT = {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 32, "patch_size": 16}, "text_cfg": TINY_TEXT}

@@ -1,4 +1,4 @@
-"""Fast exact local filters for the fusion metrics (``lightning_modules/metrics.py``) in plain torch.
+"""Fast exact local filters for the fusion metrics (``lightning_modules/metrics/reference.py``) in plain torch.
 
 torch has no fast float64 convolution on CPU (``conv2d`` in float64 took 1.4 s for VIF's first
 scale on a 2-core x86, tens of times longer than these matrix products), yet VIF needs float64 Gaussian filtering

@@ -11,7 +11,8 @@ import finish. The platform never calls torchvision's compiled ops or image deco
 decoded with Pillow/tifffile, and resizing uses torch. On a machine where torch and torchvision
 are both CUDA builds, nothing is changed.
 
-Every package of the platform imports this module first (see the package ``__init__`` files).
+Every package of the platform imports this module first (see the package ``__init__`` files). It
+lives in ``datamodules``, the lowest layer, so that every package can import it without an upward import.
 """
 
 from __future__ import annotations

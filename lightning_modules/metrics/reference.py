@@ -15,16 +15,14 @@ below 1e-6 relative, run in float32 with float64 sums. Batches run in memory-bou
 
 Two implementations of the costly parts (VIF, SSIM, Qabf, Nabf, the whole-image statistics), chosen
 by ``backend`` (:data:`BACKENDS`): batched torch on any device (filters as banded matrix products,
-``metric_filters``: the fastest float64 filtering torch has), and on CPU the fused row-wise loops
-of ``metric_kernels`` (several times faster there). Tests hold both to the published values.
+:mod:`~lightning_modules.metrics.filters`: the fastest float64 filtering torch has), and on CPU the fused row-wise loops
+of :mod:`~lightning_modules.metrics.kernels` (several times faster there). Tests hold both to the published values.
 
 Public API:
 
 * :data:`METRICS`, :data:`HIGHER_IS_BETTER`, :data:`NAN_REASONS`
 * :func:`to_grey_levels` -- images to float64 grey levels
 * :func:`compute_metrics` -- ``{name: (B,) float64}`` for a batch of fused images and their sources
-* :class:`FusionMetricTracker` -- a torchmetrics ``Metric`` with per-task means that reduce exactly
-  under DDP, for validation and test logging
 """
 
 from __future__ import annotations
@@ -38,11 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
 
-from datamodules.schema import TASKS
-from lightning_modules import metric_kernels
-from lightning_modules.metric_filters import (
+from lightning_modules.metrics import kernels as metric_kernels
+from lightning_modules.metrics.filters import (
     BLOCK,
     SeparableFilter,
     block_sums,
@@ -86,7 +82,7 @@ NAN_REASONS: dict[str, str] = {
 """Why a metric can be NaN: where its definition is undefined. EN, SD, MI and MSE are always
 defined; VIF counts a source whose score is undefined (a constant source) as 1, as the convention says."""
 
-_NEEDS_TARGET = frozenset(TARGET_METRICS)
+NEEDS_TARGET = frozenset(TARGET_METRICS)
 
 
 def check_metric_names(names: Iterable[str]) -> list[str]:
@@ -548,7 +544,7 @@ def _uniform_means(maps: Tensor) -> tuple[Tensor, int, int]:
     crops is exactly what 'valid' filtering leaves out.
 
     Returns (means, valid columns of the last block, pixels): means block-major (see
-    ``metric_filters``), (column blocks, K, B, rows, BLOCK) float32.
+    :mod:`~lightning_modules.metrics.filters`), (column blocks, K, B, rows, BLOCK) float32.
     """
     sums = box_sums(maps, -2)
     count, batch, height, width = sums.shape
@@ -629,7 +625,7 @@ def _ssim_target(fused: Tensor, target: Tensor) -> Tensor:
     return terms.mean_ssim(255.0)[0]
 
 
-def _target_metrics(fused: Tensor, target: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
+def target_metrics(fused: Tensor, target: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
     """PSNR_gt and SSIM_gt of (B, H, W) grey levels ``fused`` against ``target``."""
     functions = {"PSNR_gt": _psnr_target, "SSIM_gt": _ssim_target}
     return {name: functions[name](fused, target) for name in names}
@@ -653,7 +649,7 @@ _SOURCE_FUNCTIONS: dict[str, Callable[[_Batch], Tensor]] = {
 }
 
 
-def _check_batch(**images: Tensor) -> None:
+def check_batch(**images: Tensor) -> None:
     shapes = {name: tuple(image.shape) for name, image in images.items()}
     for name, shape in shapes.items():
         if len(shape) != 4 or shape[1] not in (1, 3):
@@ -666,7 +662,7 @@ def _check_batch(**images: Tensor) -> None:
 
 BACKENDS: tuple[str, ...] = ("auto", "torch", "kernels")
 """How :func:`compute_metrics` computes VIF, SSIM, Qabf, Nabf and the whole-image statistics (histograms,
-moments, SF, AG): batched torch on any device, or the fused loops of ``metric_kernels`` (CPU only, several times faster there); "auto" takes the kernels
+moments, SF, AG): batched torch on any device, or the fused loops of :mod:`~lightning_modules.metrics.kernels` (CPU only, several times faster there); "auto" takes the kernels
 for CPU tensors and torch otherwise. Both give the same values to float rounding."""
 
 
@@ -688,12 +684,12 @@ def compute_metrics(
         NaN where its definition is undefined for that image; :data:`NAN_REASONS` says when.
     """
     if names is None:
-        names = [name for name in METRICS if gt is not None or name not in _NEEDS_TARGET]
+        names = [name for name in METRICS if gt is not None or name not in NEEDS_TARGET]
     names = check_metric_names(names)
-    needs_target = [name for name in names if name in _NEEDS_TARGET]
+    needs_target = [name for name in names if name in NEEDS_TARGET]
     if needs_target and gt is None:
         raise ValueError(f"{', '.join(needs_target)} need a target image: pass gt=")
-    _check_batch(fused=fused, a=a, b=b, **({"gt": gt} if gt is not None else {}))
+    check_batch(fused=fused, a=a, b=b, **({"gt": gt} if gt is not None else {}))
     if backend not in BACKENDS:
         raise ValueError(f"unknown metrics backend {backend!r}; choose from {', '.join(BACKENDS)}")
     kernels = backend == "kernels" or (backend == "auto" and fused.device.type == "cpu")
@@ -710,9 +706,9 @@ def compute_metrics(
         for start in range(0, fused.shape[0], chunk):
             part = slice(start, start + chunk)
             batch = _Batch(_stacked_grey_levels([image[part] for image in (a, b, fused)], by_image=kernels), kernels)
-            results = {name: _SOURCE_FUNCTIONS[name](batch) for name in names if name not in _NEEDS_TARGET}
+            results = {name: _SOURCE_FUNCTIONS[name](batch) for name in names if name not in NEEDS_TARGET}
             if needs_target:
-                results.update(_target_metrics(batch.f, to_grey_levels(gt[part])[:, 0], needs_target))
+                results.update(target_metrics(batch.f, to_grey_levels(gt[part])[:, 0], needs_target))
             parts.append(results)
     return {name: torch.cat([results[name] for results in parts]) for name in names}
 
@@ -721,7 +717,7 @@ def _stacked_grey_levels(images: Sequence[Tensor], by_image: bool = False) -> Te
     """(len(images), B, H, W) float64 grey levels; 8-bit grey images are stacked first (one conversion).
 
     With ``by_image`` the memory is laid out (B, len(images), H, W) and a transposed view is
-    returned, so that each image's maps are contiguous for ``metric_kernels`` (no copies there).
+    returned, so that each image's maps are contiguous for :mod:`~lightning_modules.metrics.kernels` (no copies there).
     """
     dim = 1 if by_image else 0
     if all(image.dtype == torch.uint8 and image.shape[1] == 1 for image in images):
@@ -740,91 +736,3 @@ about two 640 x 480 images stays in memory the allocator reuses instead of fault
 def _chunk_size(images: Tensor) -> int:
     pixels = max(1, images.shape[-2] * images.shape[-1])
     return max(1, _CHUNK_PIXELS.get(images.device.type, _CHUNK_PIXELS["cuda"]) // pixels)
-
-
-# --------------------------------------------------------------------------- torchmetrics wrapper
-class FusionMetricTracker(Metric):
-    """Per-task means of fusion metrics over an epoch, exact under DDP.
-
-    States are per (task, metric) sums, counts of values and counts of NaN values, all reduced
-    with "sum", so the DDP result equals the single-process one on the same samples. NaN values
-    (undefined metrics, see :data:`NAN_REASONS`) are left out of the means and counted.
-
-    Args:
-        names: metric names from :data:`METRICS` (all of them when ``None``). Target metrics
-            (PSNR_gt, SSIM_gt) count only samples that have a target.
-        tasks: task names; ``task_ids`` passed to :meth:`update` index into them.
-    """
-
-    full_state_update = False
-    higher_is_better = None
-    is_differentiable = False
-
-    def __init__(self, names: Sequence[str] | None = None, tasks: tuple[str, ...] = TASKS) -> None:
-        super().__init__()
-        self.names = check_metric_names(METRICS if names is None else names)
-        self.tasks = tuple(tasks)
-        shape = (len(self.tasks), len(self.names))
-        self.add_state("total", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.zeros(shape, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("nan_count", default=torch.zeros(shape, dtype=torch.int64), dist_reduce_fx="sum")
-
-    def update(
-        self,
-        fused: Tensor,
-        a: Tensor,
-        b: Tensor,
-        task_ids: Tensor,
-        gt: Tensor | None = None,
-        has_gt: Tensor | None = None,
-    ) -> None:
-        """Add a batch: images (B, 1 or 3, H, W) in [0, 1], ``task_ids`` (B,) indices into ``tasks``.
-
-        ``has_gt`` (B,) bool marks the samples whose ``gt`` is real (all of them when ``None``).
-        """
-        task_ids = torch.as_tensor(task_ids, device=self.total.device).long().flatten()
-        if task_ids.numel() != fused.shape[0]:
-            raise ValueError(f"task_ids has {task_ids.numel()} entries for a batch of {fused.shape[0]} images")
-        if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= len(self.tasks)):
-            raise ValueError(f"task_ids must index into tasks {self.tasks}, got {task_ids.tolist()}")
-        batch_size = fused.shape[0]
-        values = torch.full((batch_size, len(self.names)), math.nan, dtype=torch.float64, device=self.total.device)
-        applies = torch.ones_like(values, dtype=torch.bool)
-        source_names = [name for name in self.names if name not in _NEEDS_TARGET]
-        target_names = [name for name in self.names if name in _NEEDS_TARGET]
-        if source_names:
-            results = compute_metrics(fused, a, b, source_names)
-            for name in source_names:
-                values[:, self.names.index(name)] = results[name].to(values.device)
-        if target_names:
-            columns = [self.names.index(name) for name in target_names]
-            with_target = torch.full((batch_size,), gt is not None, dtype=torch.bool, device=values.device)
-            if gt is not None and has_gt is not None:
-                with_target = has_gt.to(values.device).bool().flatten()
-            applies[:, columns] = with_target[:, None]
-            if bool(with_target.any()):
-                index = with_target.nonzero().flatten()
-                _check_batch(fused=fused, gt=gt)
-                selected = index.to(fused.device)
-                with torch.no_grad(), torch.autocast(fused.device.type, enabled=False):
-                    results = _target_metrics(to_grey_levels(fused[selected])[:, 0], to_grey_levels(gt[selected])[:, 0], target_names)
-                for name, column in zip(target_names, columns):
-                    values[index, column] = results[name].to(values.device)
-        is_nan = torch.isnan(values) & applies
-        counted = applies & ~is_nan
-        self.total.index_add_(0, task_ids, torch.where(counted, values, 0.0))
-        self.count.index_add_(0, task_ids, counted.long())
-        self.nan_count.index_add_(0, task_ids, is_nan.long())
-
-    def compute(self) -> dict[str, Tensor]:
-        """``{"<task>/<metric>": mean}`` where a task has values, plus ``"<task>/<metric>_nan_count"`` where non-zero."""
-        results: dict[str, Tensor] = {}
-        for task_index, task in enumerate(self.tasks):
-            for metric_index, name in enumerate(self.names):
-                count = self.count[task_index, metric_index]
-                if count > 0:
-                    results[f"{task}/{name}"] = self.total[task_index, metric_index] / count
-                nan_count = self.nan_count[task_index, metric_index]
-                if nan_count > 0:
-                    results[f"{task}/{name}_nan_count"] = nan_count.to(torch.float64)
-        return results
