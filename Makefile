@@ -15,7 +15,7 @@ export WANDB_CACHE_DIR := $(CURDIR)/.cache/wandb
 export WANDB_CONFIG_DIR := $(CURDIR)/.cache/wandb-config
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo test bench
+.PHONY: setup demo lint test bench
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m recipes.gifnet fit
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
 	bash cluster/install_slurm.sh  # Debian's slurmctld, slurmd, munge for the real-cluster tests
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)

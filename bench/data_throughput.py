@@ -34,8 +34,9 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
@@ -48,10 +49,10 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler  # noqa: E402
 
 from datamodules import demo, images  # noqa: E402
-from datamodules.mixture import FusionDataModule, ShardSource, _to_tensor  # noqa: E402
+from datamodules.mixture import FusionDataModule, ShardSource, array_to_tensor  # noqa: E402
 from datamodules.schema import SampleMeta, collate, degradation_vector, task_id  # noqa: E402
-from datamodules.shards.build import build_from_folders
-from datamodules.shards.stream import StreamStats
+from datamodules.shards.build import build_from_folders  # noqa: E402
+from datamodules.shards.stream import StreamStats  # noqa: E402
 from datamodules.shards.tar import iter_shard, parse_sample  # noqa: E402
 
 TASKS = demo.DEMO_TASKS
@@ -98,8 +99,17 @@ def build_shards(folders: Path, out: Path, level: int) -> float:
                 for stem in stems:
                     os.link(folder / f"{stem}.png", staging / role / f"{stem}.png")
             build_from_folders(
-                out, task=task, a=staging / "a", b=staging / "b" if "b" in roles else None, gt=staging / "gt" if "gt" in roles else None,
-                degradations=tag_text.split(",") if tag_text else [], prefix=f"{task}{number}", maxcount=64, level=level, workers=2, progress=False,
+                out,
+                task=task,
+                a=staging / "a",
+                b=staging / "b" if "b" in roles else None,
+                gt=staging / "gt" if "gt" in roles else None,
+                degradations=tag_text.split(",") if tag_text else [],
+                prefix=f"{task}{number}",
+                maxcount=64,
+                level=level,
+                workers=2,
+                progress=False,
             )
             shutil.rmtree(staging)
     return time.perf_counter() - started
@@ -117,7 +127,11 @@ class FolderPairs(Dataset):
         for task in TASKS:
             tags = json.loads((root / task / "meta.json").read_text())
             for path in sorted((root / task / "a").glob("*.png")):
-                paths = {role: root / task / role / path.name for role in ("a", "b", "gt") if (root / task / role / path.name).exists()}
+                paths = {
+                    role: root / task / role / path.name
+                    for role in ("a", "b", "gt")
+                    if (root / task / role / path.name).exists()
+                }
                 self.items.append((task, path.stem, paths, tags[path.stem]))
         self.crop_size = crop_size
         self.window_decoding = window_decoding
@@ -147,24 +161,50 @@ class FolderPairs(Dataset):
                 array = array[:, ::-1]
             if vertical:
                 array = array[::-1]
-            out[role] = _to_tensor(array, luminance_only=True)
+            out[role] = array_to_tensor(array, luminance_only=True)
         meta = SampleMeta(task=task, degradations=tags)
-        return {"a": out["a"], "b": out.get("b"), "gt": out.get("gt"), "task": task_id(task),
-                "degradation": degradation_vector(meta.degradations), "prompt": "", "key": stem}
+        return {
+            "a": out["a"],
+            "b": out.get("b"),
+            "gt": out.get("gt"),
+            "task": task_id(task),
+            "degradation": degradation_vector(meta.degradations),
+            "prompt": "",
+            "key": stem,
+        }
 
 
-def folder_loader(root: Path, batch_size: int, workers: int, batches: int, crop_size: int, window_decoding: bool) -> DataLoader:
+def folder_loader(
+    root: Path, batch_size: int, workers: int, batches: int, crop_size: int, window_decoding: bool
+) -> DataLoader:
     dataset = FolderPairs(root, crop_size, window_decoding)
     per_task = {task: sum(1 for item in dataset.items if item[0] == task) for task in TASKS}
     weights = [1.0 / per_task[item[0]] for item in dataset.items]  # equal task mix, like the shard mixture
     sampler = WeightedRandomSampler(weights, num_samples=batches * batch_size, replacement=True)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                      drop_last=True, worker_init_fn=lambda _: torch.set_num_threads(1))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=True,
+        worker_init_fn=lambda _: torch.set_num_threads(1),
+    )
 
 
 def shard_loader(root: Path, batch_size: int, workers: int, batches: int, crop_size: int) -> Iterable:
-    sources = [ShardSource(urls=sorted(str(p) for p in root.glob(f"{task}[0-9]*-*.tar")), weight=1.0, task=task, name=task) for task in TASKS]
-    module = FusionDataModule(sources=sources, batch_size=batch_size, crop_size=crop_size, batches_per_epoch=batches, num_workers=workers, shuffle_buffer=16)
+    sources = [
+        ShardSource(urls=sorted(str(p) for p in root.glob(f"{task}[0-9]*-*.tar")), weight=1.0, task=task, name=task)
+        for task in TASKS
+    ]
+    module = FusionDataModule(
+        sources=sources,
+        batch_size=batch_size,
+        crop_size=crop_size,
+        batches_per_epoch=batches,
+        num_workers=workers,
+        shuffle_buffer=16,
+    )
     module.setup("fit")
     return module.train_dataloader()
 
@@ -227,12 +267,16 @@ def main(argv: list[str] | None = None) -> int:
         print("preparing: demo samples -> PNG folders -> shards (once)", file=sys.stderr)
         export_folders(demo_root, work / "folders")
         export_folders(demo_root, work / "folders-shardpng", encoder=lambda array: images.encode_png(array, level=0))
-        build_seconds = {level: build_shards(work / "folders", work / f"shards-level{level}", level) for level in (0, 1)}
+        build_seconds = {
+            level: build_shards(work / "folders", work / f"shards-level{level}", level) for level in (0, 1)
+        }
         (work / "build.json").write_text(json.dumps(build_seconds))
         (work / f"{stamp}.ready").write_text("")
     build_seconds = json.loads((work / "build.json").read_text())
-    sizes = {name: sum(p.stat().st_size for p in (work / name).rglob("*") if p.is_file()) / 2**20
-             for name in ("folders", "folders-shardpng", "shards-level0", "shards-level1")}
+    sizes = {
+        name: sum(p.stat().st_size for p in (work / name).rglob("*") if p.is_file()) / 2**20
+        for name in ("folders", "folders-shardpng", "shards-level0", "shards-level1")
+    }
 
     common = dict(batch_size=args.batch_size, workers=args.workers, batches=args.batches, crop_size=args.crop)
     configs: dict[str, Callable[[], Iterable]] = {
@@ -241,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.no_ablations:
         configs["shards (level 1)"] = lambda: shard_loader(work / "shards-level1", **common)
-        configs["folder of shard PNGs, window decoding"] = lambda: folder_loader(work / "folders-shardpng", window_decoding=True, **common)
+        configs["folder of shard PNGs, window decoding"] = lambda: folder_loader(
+            work / "folders-shardpng", window_decoding=True, **common
+        )
 
     load_before = os.getloadavg()
     results: dict[str, list[float]] = {name: [] for name in configs}
@@ -251,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
             rate, cpu_ms, _ = measure(make(), args.warmup)
             results[name].append(rate)
             cpu_costs[name].append(cpu_ms)
-            print(f"  run {repeat + 1}/{args.repeats}  {name:<40} {rate:7.1f} samples/s  {cpu_ms:5.2f} CPU ms/sample", file=sys.stderr)
+            print(
+                f"  run {repeat + 1}/{args.repeats}  {name:<40} {rate:7.1f} samples/s  {cpu_ms:5.2f} CPU ms/sample",
+                file=sys.stderr,
+            )
     load_after = os.getloadavg()
 
     medians = {name: statistics.median(rates) for name, rates in results.items()}
@@ -259,20 +308,42 @@ def main(argv: list[str] | None = None) -> int:
     baseline = medians["folder of PNG, DataLoader"]
     cpu_baseline = cpu_medians["folder of PNG, DataLoader"]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"\n{args.crop}x{args.crop} crops of a, b, gt; batch {args.batch_size}; {args.workers} workers; "
-          f"{args.batches - args.warmup} timed batches x {args.repeats} runs; {os.cpu_count()} CPUs; "
-          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    print(f"{'loader':<40} {'samples/s':>9} {'vs folder':>9} {'CPU ms/sample':>13} {'vs folder':>9} {'idle-CPU samples/s':>18}   runs (samples/s)")
+    print(
+        f"\n{args.crop}x{args.crop} crops of a, b, gt; batch {args.batch_size}; {args.workers} workers; "
+        f"{args.batches - args.warmup} timed batches x {args.repeats} runs; {os.cpu_count()} CPUs; "
+        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
+    )
+    print(
+        f"{'loader':<40} {'samples/s':>9} {'vs folder':>9} {'CPU ms/sample':>13} {'vs folder':>9} "
+        f"{'idle-CPU samples/s':>18}   runs (samples/s)"
+    )
     for name, median in medians.items():
         runs = ", ".join(f"{rate:.0f}" for rate in results[name])
         cpu_ms = cpu_medians[name]
-        print(f"{name:<40} {median:>9.1f} {median / baseline:>8.2f}x {cpu_ms:>13.2f} {cpu_baseline / cpu_ms:>8.2f}x "
-              f"{1000 * cpus / cpu_ms:>18.0f}   {runs}")
-    print(f"\non disk: folders {sizes['folders']:.0f} MiB, shards level 0 {sizes['shards-level0']:.0f} MiB, "
-          f"level 1 {sizes['shards-level1']:.0f} MiB; shard build {build_seconds['0']:.1f} s (level 0), {build_seconds['1']:.1f} s (level 1)")
+        print(
+            f"{name:<40} {median:>9.1f} {median / baseline:>8.2f}x {cpu_ms:>13.2f} {cpu_baseline / cpu_ms:>8.2f}x "
+            f"{1000 * cpus / cpu_ms:>18.0f}   {runs}"
+        )
+    print(
+        f"\non disk: folders {sizes['folders']:.0f} MiB, shards level 0 {sizes['shards-level0']:.0f} MiB, "
+        f"level 1 {sizes['shards-level1']:.0f} MiB; shard build {build_seconds['0']:.1f} s (level 0), "
+        f"{build_seconds['1']:.1f} s (level 1)"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"medians": medians, "runs": results, "cpu_ms_per_sample": cpu_costs, "sizes_mib": sizes, "build_seconds": build_seconds,
-                                               "load": [load_before, load_after], "args": vars(args)}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "medians": medians,
+                    "runs": results,
+                    "cpu_ms_per_sample": cpu_costs,
+                    "sizes_mib": sizes,
+                    "build_seconds": build_seconds,
+                    "load": [load_before, load_after],
+                    "args": vars(args),
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

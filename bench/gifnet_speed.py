@@ -25,16 +25,17 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-import lightning_modules  # noqa: E402,F401  (torchvision compat first)
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+import lightning_modules  # noqa: E402,F401  (torchvision compat first)
 from datamodules.schema import DEGRADATIONS, TASK_IDS  # noqa: E402
 from lightning_modules.gifnet import GIFNetModule  # noqa: E402
 from lightning_modules.networks.gifnet import MFIF_BRANCH  # noqa: E402
@@ -121,7 +122,16 @@ def peak_memory_child(config: str, precision: str) -> None:
 
 
 def measure_peak_memory(config: str, threads: int, precision: str) -> dict[str, float]:
-    command = [sys.executable, __file__, "--peak-memory-child", config, "--threads", str(threads), "--precision", precision]
+    command = [
+        sys.executable,
+        __file__,
+        "--peak-memory-child",
+        config,
+        "--threads",
+        str(threads),
+        "--precision",
+        precision,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -155,21 +165,36 @@ def time_training_step(config: str, repeats: int, precision: str) -> tuple[float
 
 
 def report(
-    name: str, ours: float, public: float, unit: str, faster_is_ratio: bool, runs_seconds: list[tuple[float, float]] | None = None
+    name: str,
+    ours: float,
+    public: float,
+    unit: str,
+    faster_is_ratio: bool,
+    runs_seconds: list[tuple[float, float]] | None = None,
 ) -> str:
     ratio = public / ours if faster_is_ratio else ours / public
     relation = "x faster than public" if faster_is_ratio else "x public"
-    runs = f"  runs (wall/cpu s): {', '.join(f'{wall:.2f}/{cpu:.2f}' for wall, cpu in runs_seconds)}" if runs_seconds else ""
+    runs = (
+        f"  runs (wall/cpu s): {', '.join(f'{wall:.2f}/{cpu:.2f}' for wall, cpu in runs_seconds)}"
+        if runs_seconds
+        else ""
+    )
     return f"{name:<42} ours {ours:7.2f} {unit:<3} public {public:6.2f} {unit:<3} ratio {ratio:5.2f}{relation}{runs}"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["gifnet", "gifnet-fast"], help="configs in recipes/configs")
-    parser.add_argument("--only", choices=["inference", "training", "memory"], nargs="+", default=["inference", "memory", "training"])
+    parser.add_argument(
+        "--only", choices=["inference", "training", "memory"], nargs="+", default=["inference", "memory", "training"]
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the reference machine has 2 cores)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: CPU autocast (AMX/AVX-512 bf16)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch intra-op threads (the reference machine has 2 cores)"
+    )
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: CPU autocast (AMX/AVX-512 bf16)"
+    )
     parser.add_argument("--peak-memory-child", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -177,8 +202,10 @@ def main(argv: list[str] | None = None) -> None:
         peak_memory_child(args.peak_memory_child, args.precision)
         return
 
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.precision}, median of {args.repeats}; "
-          f"load average before: {os.getloadavg()[0]:.1f} (other processes on the cores inflate wall times)")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {args.precision}, median of {args.repeats}; "
+        f"load average before: {os.getloadavg()[0]:.1f} (other processes on the cores inflate wall times)"
+    )
     inference_medians: dict[str, float] = {}
     for config in args.configs:
         parameters = sum(parameter.numel() for parameter in build_module(config).network.parameters())
@@ -189,14 +216,20 @@ def main(argv: list[str] | None = None) -> None:
             print(report("fuse one 640x480 pair", median, PUBLIC_INFERENCE_S, "s", True, runs))
         if "memory" in args.only:
             memory = measure_peak_memory(config, args.threads, args.precision)
-            print(report("peak resident memory, fusing 640x480", memory["peak_gb"], PUBLIC_INFERENCE_PEAK_GB, "GB", False))
+            print(
+                report("peak resident memory, fusing 640x480", memory["peak_gb"], PUBLIC_INFERENCE_PEAK_GB, "GB", False)
+            )
             print(f"{'':<42} (of which {memory['before_gb']:.2f} GB before fusing: Python, torch, model)")
         if "training" in args.only:
             median, runs = time_training_step(config, args.repeats, args.precision)
             print(report("train step, 2 IVIF + 2 MFIF at 128x128", median, PUBLIC_TRAIN_STEP_S, "s", True, runs))
     print(f"\nload average after: {os.getloadavg()[0]:.1f}")
-    print(f"goals (issue 3, faithful config): train step <= {GOALS['train_step_s']} s, fuse 640x480 <= {GOALS['inference_s']} s "
-          f"and <= {GOALS['inference_peak_gb']} GB; gifnet-fast >= {GOALS['fast_inference_speedup']:.0f}x faster than public at 640x480")
+    print(
+        f"goals (issue 3, faithful config): train step <= {GOALS['train_step_s']} s, fuse 640x480 <= "
+        f"{GOALS['inference_s']} s "
+        f"and <= {GOALS['inference_peak_gb']} GB; gifnet-fast >= {GOALS['fast_inference_speedup']:.0f}x "
+        "faster than public at 640x480"
+    )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,24 @@ from lightning_modules.lure import LUREModule  # noqa: E402
 
 def train(config: Path, run_name: str, runs_dir: Path, demo_dir: Path | None) -> tuple[Path, float]:
     """Run the recipe's ``fit``; returns the last checkpoint and the wall time in seconds."""
-    command = [sys.executable, "-m", "recipes.lure", "fit", "--config", str(config), "--run_name", run_name,
-               "--runs_dir", str(runs_dir), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-               "--trainer.limit_val_batches", "0"]  # the evaluation below replaces validation
+    command = [
+        sys.executable,
+        "-m",
+        "recipes.lure",
+        "fit",
+        "--config",
+        str(config),
+        "--run_name",
+        run_name,
+        "--runs_dir",
+        str(runs_dir),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.limit_val_batches",
+        "0",
+    ]  # the evaluation below replaces validation
     if demo_dir is not None:
         command += ["--data.demo_dir", str(demo_dir)]
     started = time.perf_counter()
@@ -55,7 +70,9 @@ def scores(image: torch.Tensor, clean: torch.Tensor) -> tuple[float, float]:
     estimate = image.clamp(0.0, 1.0)[0, 0].double().numpy()
     target = clean[0, 0].double().numpy()
     psnr = peak_signal_noise_ratio(target, estimate, data_range=1.0)
-    ssim = structural_similarity(target, estimate, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    ssim = structural_similarity(
+        target, estimate, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
     return float(psnr), float(ssim)
 
 
@@ -95,7 +112,8 @@ def evaluate(model: LUREModule, pairs_dir: Path) -> dict[str, dict[str, float]]:
 
 def report(results: dict[str, dict[str, float]]) -> str:
     lines = [
-        "| degradation | n | PSNR input | PSNR LURE | SSIM input | SSIM LURE | PSNR right prompt | PSNR wrong prompt | SSIM right | SSIM wrong |",
+        "| degradation | n | PSNR input | PSNR LURE | SSIM input | SSIM LURE | PSNR right prompt | PSNR "
+        "wrong prompt | SSIM right | SSIM wrong |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, row in results.items():
@@ -104,11 +122,19 @@ def report(results: dict[str, dict[str, float]]) -> str:
             f"{row['lure_ssim']:.4f} | {row['right_psnr']:.2f} | {row['wrong_psnr']:.2f} | {row['right_ssim']:.4f} | "
             f"{row['wrong_ssim']:.4f} |"
         )
-    beats_input = [k for k, r in results.items() if r["lure_psnr"] > r["input_psnr"] and r["lure_ssim"] > r["input_ssim"]]
+    beats_input = [
+        k for k, r in results.items() if r["lure_psnr"] > r["input_psnr"] and r["lure_ssim"] > r["input_ssim"]
+    ]
     right_wins = [k for k, r in results.items() if r["right_psnr"] > r["wrong_psnr"]]
     lines.append("")
-    lines.append(f"LURE beats the input in both PSNR and SSIM on {len(beats_input)}/{len(results)} degradations: {', '.join(beats_input) or 'none'}")
-    lines.append(f"right prompt beats the wrong ones in PSNR on {len(right_wins)}/{len(results)} degradations: {', '.join(right_wins) or 'none'}")
+    lines.append(
+        f"LURE beats the input in both PSNR and SSIM on {len(beats_input)}/{len(results)} degradations: "
+        f"{', '.join(beats_input) or 'none'}"
+    )
+    lines.append(
+        f"right prompt beats the wrong ones in PSNR on {len(right_wins)}/{len(results)} degradations: "
+        f"{', '.join(right_wins) or 'none'}"
+    )
     return "\n".join(lines)
 
 
@@ -124,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("WANDB_MODE", "offline")
     demo = ensure_demo(args.demo_dir)
-    checkpoint, seconds = (args.checkpoint, None) if args.checkpoint else train(args.config, args.run_name, args.runs_dir, args.demo_dir)
+    checkpoint, seconds = (
+        (args.checkpoint, None) if args.checkpoint else train(args.config, args.run_name, args.runs_dir, args.demo_dir)
+    )
     model = LUREModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     results = evaluate(model, demo_root(demo) / "val" / "RESTORE")
     steps = torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"]
@@ -132,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print(report(results))
     if args.json:
-        args.json.write_text(json.dumps({"checkpoint": str(checkpoint), "steps": steps, "train_seconds": seconds, "results": results}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"checkpoint": str(checkpoint), "steps": steps, "train_seconds": seconds, "results": results}, indent=1
+            )
+        )
     return 0
 
 

@@ -27,8 +27,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from scipy.ndimage import uniform_filter
@@ -235,7 +235,10 @@ REFERENCE: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]] = {
 # ---------------------------------------------------------------------------------- the bench
 def bench_pair(height: int = 480, width: int = 640) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(F, A, B) uint8 grey images of ``height`` x ``width``: a real fusion-bench crop when available."""
-    pair, fused = FUSION_BENCH / "pairs" / "IVIF" / "tno_01", FUSION_BENCH / "published" / "IVIF" / "GIFNet" / "tno_01.png"
+    pair, fused = (
+        FUSION_BENCH / "pairs" / "IVIF" / "tno_01",
+        FUSION_BENCH / "published" / "IVIF" / "GIFNet" / "tno_01.png",
+    )
     if fused.is_file():
         from datamodules.images import read_image
 
@@ -263,12 +266,16 @@ def median_seconds(run: Callable[[], object], repeats: int, synchronize: Callabl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is reported")
     parser.add_argument("--batch", type=int, default=16, help="batch size of the batched measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="torch device for the torch suite")
-    parser.add_argument("--backend", default="auto", help="compute_metrics backend: auto (kernels on CPU), kernels or torch")
+    parser.add_argument(
+        "--backend", default="auto", help="compute_metrics backend: auto (kernels on CPU), kernels or torch"
+    )
     args = parser.parse_args()
 
     sys.path.insert(0, str(PROJECT_ROOT))
@@ -291,31 +298,51 @@ def main() -> None:
     one = [torch.from_numpy(image)[None, None].to(device) for image in (f, a, b)]
     batch = [image.expand(args.batch, -1, -1, -1).contiguous() for image in one]
 
-    print(f"torch {torch.__version__} on {device} ({torch.get_num_threads()} CPU threads), numpy {np.__version__}; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; 640 x 480, median of {args.repeats} runs; "
-          f"backend {args.backend}")
+    print(
+        f"torch {torch.__version__} on {device} ({torch.get_num_threads()} CPU threads), numpy {np.__version__}; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; 640 x 480, median of {args.repeats} runs; "
+        f"backend {args.backend}"
+    )
     print(f"{'metric':<10}{'torch ms':>10}{'numpy ms':>11}{'ratio':>8}      (wall clock)")
     numpy_total = numpy_total_cpu = 0.0
     for name in names:
-        torch_seconds, _ = median_seconds(lambda: compute_metrics(*one, [name]), args.repeats, synchronize)
-        numpy_seconds, numpy_cpu = median_seconds(lambda: REFERENCE[name](*levels), args.repeats, lambda: None)
+        torch_seconds, _ = median_seconds(lambda name=name: compute_metrics(*one, [name]), args.repeats, synchronize)
+        numpy_seconds, numpy_cpu = median_seconds(
+            lambda name=name: REFERENCE[name](*levels), args.repeats, lambda: None
+        )
         numpy_total += numpy_seconds
         numpy_total_cpu += numpy_cpu
-        print(f"{name:<10}{torch_seconds * 1e3:>10.1f}{numpy_seconds * 1e3:>11.1f}{numpy_seconds / torch_seconds:>7.1f}x")
+        print(
+            f"{name:<10}{torch_seconds * 1e3:>10.1f}{numpy_seconds * 1e3:>11.1f}{numpy_seconds / torch_seconds:>7.1f}x"
+        )
     suite, suite_cpu = median_seconds(lambda: compute_metrics(*one, names), args.repeats, synchronize)
     batched, batched_cpu = median_seconds(lambda: compute_metrics(*batch, names), args.repeats, synchronize)
     print(f"full suite (numpy: sum of the per-metric medians; its batch: {args.batch} x one pair)")
-    print(f"{'':<10}{'torch ms':>10}{'numpy ms':>11}{'ratio':>8}{'torch CPU ms':>14}{'numpy CPU ms':>14}{'CPU ratio':>10}")
-    for label, count, wall, cpu in (("1 pair", 1, suite, suite_cpu), (f"{args.batch} pairs", args.batch, batched, batched_cpu)):
-        print(f"{label:<10}{wall * 1e3:>10.1f}{numpy_total * count * 1e3:>11.1f}{numpy_total * count / wall:>7.1f}x"
-              f"{cpu * 1e3:>14.1f}{numpy_total_cpu * count * 1e3:>14.1f}{numpy_total_cpu * count / cpu:>9.1f}x")
-    print(f"per pair in the batch: {batched / args.batch * 1e3:.1f} ms wall, {batched_cpu / args.batch * 1e3:.1f} ms CPU "
-          f"(goal: at most 40 ms per pair on CPU)")
+    print(
+        f"{'':<10}{'torch ms':>10}{'numpy ms':>11}{'ratio':>8}{'torch CPU ms':>14}{'numpy CPU ms':>14}{'CPU ratio':>10}"
+    )
+    for label, count, wall, cpu in (
+        ("1 pair", 1, suite, suite_cpu),
+        (f"{args.batch} pairs", args.batch, batched, batched_cpu),
+    ):
+        print(
+            f"{label:<10}{wall * 1e3:>10.1f}{numpy_total * count * 1e3:>11.1f}{numpy_total * count / wall:>7.1f}x"
+            f"{cpu * 1e3:>14.1f}{numpy_total_cpu * count * 1e3:>14.1f}{numpy_total_cpu * count / cpu:>9.1f}x"
+        )
+    print(
+        f"per pair in the batch: {batched / args.batch * 1e3:.1f} ms wall, {batched_cpu / args.batch * 1e3:.1f} ms CPU "
+        f"(goal: at most 40 ms per pair on CPU)"
+    )
     if device.type == "cpu" and args.backend != "torch":
         # the same batch through the batched-torch implementation, for the kernels' share of the speed
-        plain, plain_cpu = median_seconds(lambda: compute_metrics(*batch, names, backend="torch"), args.repeats, synchronize)
-        print(f"backend torch, per pair in the batch: {plain / args.batch * 1e3:.1f} ms wall, {plain_cpu / args.batch * 1e3:.1f} ms CPU "
-              f"({plain / batched:.1f}x the {args.backend} backend's wall time)")
+        plain, plain_cpu = median_seconds(
+            lambda: compute_metrics(*batch, names, backend="torch"), args.repeats, synchronize
+        )
+        print(
+            f"backend torch, per pair in the batch: {plain / args.batch * 1e3:.1f} ms wall, "
+            f"{plain_cpu / args.batch * 1e3:.1f} ms CPU "
+            f"({plain / batched:.1f}x the {args.backend} backend's wall time)"
+        )
     print(f"load average now {os.getloadavg()[0]:.1f}")
 
 

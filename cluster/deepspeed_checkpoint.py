@@ -57,7 +57,9 @@ def convert_deepspeed_checkpoint(checkpoint_dir: Path, output_file: Path) -> Pat
             f"but {tag_dir} holds no *optim_states.pt shards; copy the complete checkpoint directory from every node"
         )
     if output_file.resolve().is_relative_to(checkpoint_dir.resolve()):
-        raise ValueError(f"write the converted checkpoint {output_file} outside the DeepSpeed directory {checkpoint_dir}")
+        raise ValueError(
+            f"write the converted checkpoint {output_file} outside the DeepSpeed directory {checkpoint_dir}"
+        )
     output_file.parent.mkdir(parents=True, exist_ok=True)
     convert_zero_checkpoint_to_fp32_state_dict(checkpoint_dir, output_file)
     return output_file

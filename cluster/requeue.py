@@ -61,7 +61,9 @@ class SynchronizedRequeue(Callback):
         if stage != "fit" or not isinstance(environment, SLURMEnvironment) or environment.requeue_signal is None:
             return
         if threading.current_thread() is not threading.main_thread():
-            log.warning("SynchronizedRequeue: not on the main thread, so no signal handler; Lightning's requeue stays on")
+            log.warning(
+                "SynchronizedRequeue: not on the main thread, so no signal handler; Lightning's requeue stays on"
+            )
             return
         # Lightning registers its own handler after the setup hooks, unless auto_requeue is off.
         environment.auto_requeue = False

@@ -33,8 +33,9 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -52,8 +53,18 @@ from datamodules.shards.writer import (
 DEMO_VERSION = 1
 DEMO_TASKS = ("mfif", "meif", "restore", "ivif")
 TRAIN_PHOTOS = (
-    "astronaut.png", "camera.png", "chelsea.png", "moon.png", "motorcycle_left.png", "hubble_deep_field.jpg",
-    "retina.jpg", "ihc.png", "cell.png", "brick.png", "grass.png", "gravel.png",
+    "astronaut.png",
+    "camera.png",
+    "chelsea.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "cell.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
 )
 VAL_PHOTOS = ("coffee.png", "coins.png", "rocket.jpg")
 RESTORE_KINDS = ("noise", "blur", "lowlight", "haze", "jpeg")
@@ -98,14 +109,12 @@ def motorcycle_depth(shape: tuple[int, int]) -> np.ndarray:
     return 1.0 - near
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # Assembling samples
 
 
 def load_photo(name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """A photograph as float32 in [0, 1], long side at most MAX_SIDE, short side at least MIN_SIDE; plus depth if known."""
+    """A photograph as float32 in [0, 1] (long side <= MAX_SIDE, short side >= MIN_SIDE), and its depth if known."""
     image = images.read_image(photo_dir() / name)
     height, width = image.shape[:2]
     scale = min(1.0, MAX_SIDE / max(height, width))
@@ -117,7 +126,9 @@ def load_photo(name: str) -> tuple[np.ndarray, np.ndarray | None]:
     return photo, depth
 
 
-def photo_samples(name: str, rng: np.random.Generator, split: str) -> Iterator[tuple[str, dict[str, np.ndarray], SampleMeta]]:
+def photo_samples(
+    name: str, rng: np.random.Generator, split: str
+) -> Iterator[tuple[str, dict[str, np.ndarray], SampleMeta]]:
     """The demo samples made from one photograph: (pair id, {role: uint8 array}, metadata)."""
     photo, depth = load_photo(name)
     stem = images.safe_key(Path(name).stem)
@@ -126,27 +137,50 @@ def photo_samples(name: str, rng: np.random.Generator, split: str) -> Iterator[t
 
     for index in range(variants):
         near, far, how = synthesis.make_multifocus(photo, depth, rng)
-        yield f"{stem}-mf{index}", {"a": synthesis.to_uint8(near), "b": synthesis.to_uint8(far), "gt": synthesis.to_uint8(photo)}, SampleMeta(
-            task="mfif", source=f"{source}/{how}-defocus", prompt="fuse the near- and far-focused images into one sharp image"
+        yield (
+            f"{stem}-mf{index}",
+            {"a": synthesis.to_uint8(near), "b": synthesis.to_uint8(far), "gt": synthesis.to_uint8(photo)},
+            SampleMeta(
+                task="mfif",
+                source=f"{source}/{how}-defocus",
+                prompt="fuse the near- and far-focused images into one sharp image",
+            ),
         )
     for index in range(variants):
         under, over, stops = synthesis.make_exposures(photo, rng)
-        yield f"{stem}-me{index}", {"a": synthesis.to_uint8(under), "b": synthesis.to_uint8(over), "gt": synthesis.to_uint8(photo)}, SampleMeta(
-            task="meif", source=f"{source}/exposure-{stops:.1f}ev", prompt="fuse the under- and over-exposed images"
+        yield (
+            f"{stem}-me{index}",
+            {"a": synthesis.to_uint8(under), "b": synthesis.to_uint8(over), "gt": synthesis.to_uint8(photo)},
+            SampleMeta(
+                task="meif", source=f"{source}/exposure-{stops:.1f}ev", prompt="fuse the under- and over-exposed images"
+            ),
         )
     for index in range(variants):
         infrared = synthesis.make_infrared(photo, rng)
-        yield f"{stem}-ir{index}", {"a": synthesis.to_uint8(infrared), "b": synthesis.to_uint8(photo)}, SampleMeta(
-            task="ivif", source=f"{source}/synthetic-infrared", synthetic=True,
-            prompt="fuse the infrared and visible images",
+        yield (
+            f"{stem}-ir{index}",
+            {"a": synthesis.to_uint8(infrared), "b": synthesis.to_uint8(photo)},
+            SampleMeta(
+                task="ivif",
+                source=f"{source}/synthetic-infrared",
+                synthetic=True,
+                prompt="fuse the infrared and visible images",
+            ),
         )
     severities = [2] * len(RESTORE_KINDS) if split == "val" else None
     for index, kind in enumerate(RESTORE_KINDS):
         for severity in severities[index : index + 1] if severities else rng.choice([1, 2, 3], size=2, replace=False):
             degraded = synthesis.degrade_photo(photo, kind, int(severity), rng, depth)
             tag = normalise_tag(f"{kind}:{int(severity)}")
-            yield f"{stem}-{kind}{int(severity)}", {"a": synthesis.to_uint8(degraded), "gt": synthesis.to_uint8(photo)}, SampleMeta(
-                task="restore", degradations=[tag], source=f"{source}/{kind}", prompt=f"remove the {kind} from the image"
+            yield (
+                f"{stem}-{kind}{int(severity)}",
+                {"a": synthesis.to_uint8(degraded), "gt": synthesis.to_uint8(photo)},
+                SampleMeta(
+                    task="restore",
+                    degradations=[tag],
+                    source=f"{source}/{kind}",
+                    prompt=f"remove the {kind} from the image",
+                ),
             )
 
 
@@ -248,8 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         build_demo(root, seed=args.seed)
     manifest = json.loads((root / _DONE).read_text())
-    print(f"demo set in {root}: {manifest['samples']['train']} training samples (shards in train/), "
-          f"{manifest['samples']['val']} validation pairs (val/)")
+    print(
+        f"demo set in {root}: {manifest['samples']['train']} training samples (shards in train/), "
+        f"{manifest['samples']['val']} validation pairs (val/)"
+    )
     print(format_totals(read_index(root / "train")["totals"]))
     return 0
 

@@ -6,8 +6,8 @@ shards keep, losslessly, as PNG.
 
 Shard PNGs are ordinary PNG files that any reader opens, written so that a window can be decoded
 without decoding the whole image (:func:`encode_png`): every row uses one PNG filter that looks at
-no other row (None when stored uncompressed, Sub otherwise), and the deflate stream is fully flushed every ``block_rows`` rows,
-whose byte offsets a private ancillary chunk ``ufRX`` records. :func:`decode_png` with a
+no other row (None when stored uncompressed, Sub otherwise), and the deflate stream is fully flushed
+every ``block_rows`` rows, whose byte offsets a private ancillary chunk ``ufRX`` records. :func:`decode_png` with a
 ``window`` then inflates only the blocks that hold the window's rows and undoes the Sub filter only
 up to its right edge; a random 256 x 256 crop of a 1024 x 1024 image costs about a quarter of a
 full decode. Any other PNG (and JPEG, TIFF) goes through OpenCV and is cropped after decoding.
@@ -20,8 +20,8 @@ import dataclasses
 import re
 import struct
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import cv2
 import numpy as np
@@ -396,7 +396,9 @@ def safe_key(text: str) -> str:
     return _SAFE_KEY.sub("_", text).strip("_") or "sample"
 
 
-def same_size(images: Mapping[str, np.ndarray], paths: Mapping[str, Path | str], resize: str | None) -> dict[str, np.ndarray]:
+def same_size(
+    images: Mapping[str, np.ndarray], paths: Mapping[str, Path | str], resize: str | None
+) -> dict[str, np.ndarray]:
     """Bring a pair's images to one size, or raise an error naming the files and their sizes.
 
     ``resize``: None (sizes must match), ``"a"`` / ``"b"`` (resize the others to that source's size),

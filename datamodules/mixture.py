@@ -37,8 +37,9 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -48,7 +49,7 @@ from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, get_wor
 
 from datamodules import demo, images
 from datamodules.pairs import PairFolderDataset
-from datamodules.schema import TASKS, SampleMeta, collate, degradation_vector, task_id
+from datamodules.schema import BT601, TASKS, SampleMeta, collate, degradation_vector, task_id
 from datamodules.shards.stream import StreamStats, expand_urls, shard_counts
 from datamodules.shards.tar import iter_shard, parse_sample
 from datamodules.shards.writer import read_index
@@ -92,10 +93,10 @@ class ShardSource:
 # Per-sample work
 
 
-_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_BT601 = np.array(BT601, dtype=np.float32)
 
 
-def _to_tensor(image: np.ndarray, luminance_only: bool) -> torch.Tensor:
+def array_to_tensor(image: np.ndarray, luminance_only: bool) -> torch.Tensor:
     """A (H, W[, 3]) uint8/uint16 array (any strides) as a (C, H, W) float32 tensor in [0, 1].
 
     Luminance is computed in one pass from the integers (same BT.601 weights as
@@ -146,7 +147,7 @@ def crop_sample(
                 array = array[:, ::-1]
             if vertical:
                 array = array[::-1]
-            tensors[role] = _to_tensor(array, luminance_only)
+            tensors[role] = array_to_tensor(array, luminance_only)
     else:
         scale = crop_size / min(height, width)
         size = (max(crop_size, math.ceil(height * scale)), max(crop_size, math.ceil(width * scale)))
@@ -154,7 +155,7 @@ def crop_sample(
         left = int(rng.integers(0, size[1] - crop_size + 1))
         dims = [d for d, flag in ((-1, horizontal), (-2, vertical)) if flag]
         for role, data in members.items():
-            tensor = _to_tensor(images.decode_image(data, f"{where}.{role}.png"), luminance_only)
+            tensor = array_to_tensor(images.decode_image(data, f"{where}.{role}.png"), luminance_only)
             tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0].clamp_(0, 1)
             tensor = tensor[:, top : top + crop_size, left : left + crop_size]
             tensors[role] = (tensor.flip(dims) if dims else tensor).contiguous()
@@ -295,17 +296,26 @@ class MixtureStream(IterableDataset):
         while remaining > 0:
             if not active:  # every source ran dry (non-resampled): next pass
                 if stats.samples == read_before_pass:
-                    mine = [url for urls in self.urls for url in split_by_partition(urls, partition, self.partitions, self.seed)]
+                    mine = [
+                        url
+                        for urls in self.urls
+                        for url in split_by_partition(urls, partition, self.partitions, self.seed)
+                    ]
                     raise RuntimeError(
-                        f"rank {self.rank} worker {worker}: nothing readable in its share of the shards ({len(mine)} of "
+                        f"rank {self.rank} worker {worker}: nothing readable in its share of the shards "
+                        f"({len(mine)} of "
                         f"{sum(len(urls) for urls in self.urls)}: {', '.join(mine[:4]) or 'none'}); build more shards "
                         f"(--maxcount), use fewer workers, or set resampled=True. {stats.summary()}"
                     )
                 read_before_pass = stats.samples
                 passes += 1
-                streams = [self._source_samples(i, partition, epoch + 1000 * passes, rng, stats) for i in range(len(streams))]
+                streams = [
+                    self._source_samples(i, partition, epoch + 1000 * passes, rng, stats) for i in range(len(streams))
+                ]
                 active = list(range(len(streams)))
-                stats.note(f"partition {partition}: data ran out before the epoch's end; pass {passes + 1} repeats samples")
+                stats.note(
+                    f"partition {partition}: data ran out before the epoch's end; pass {passes + 1} repeats samples"
+                )
             weights = self.weights[active] / self.weights[active].sum()
             chosen = active[int(rng.choice(len(active), p=weights))] if len(active) > 1 else active[0]
             try:
@@ -319,7 +329,9 @@ class MixtureStream(IterableDataset):
                 stats.skip(str(error))
                 failures += 1
                 if failures > self.max_consecutive_failures:
-                    raise RuntimeError(f"{failures} corrupt samples in a row, nothing readable: {stats.summary()}") from None
+                    raise RuntimeError(
+                        f"{failures} corrupt samples in a row, nothing readable: {stats.summary()}"
+                    ) from None
                 continue
             failures = 0
             sample["key"] = where
@@ -358,7 +370,9 @@ class MixtureStream(IterableDataset):
                     stats.skip(str(error))
                     continue
                 if source.task is not None and meta.task != source.task:
-                    raise ValueError(f"source {source.label} is declared as task {source.task}, but {where} is {meta.task}")
+                    raise ValueError(
+                        f"source {source.label} is declared as task {source.task}, but {where} is {meta.task}"
+                    )
                 good += 1
                 if len(buffer) < self.shuffle_buffer:
                     buffer.append((meta, members, where))
@@ -368,7 +382,9 @@ class MixtureStream(IterableDataset):
                 yield item
             empty_in_a_row = 0 if good else empty_in_a_row + 1
             if self.resampled and empty_in_a_row >= limit:
-                raise RuntimeError(f"source {source.label}: no readable sample in {limit} shards in a row; {stats.summary()}")
+                raise RuntimeError(
+                    f"source {source.label}: no readable sample in {limit} shards in a row; {stats.summary()}"
+                )
         order = rng.permutation(len(buffer))
         for i in order:
             yield buffer[i]
@@ -433,8 +449,13 @@ class StreamLoader(DataLoader):
             if self._warnings < self.max_warnings_per_epoch:
                 self._warnings += 1
                 latest = record["messages"][-1] if record["messages"] else ""
-                log.warning("rank %d, epoch %d: %d corrupt sample(s) skipped and %d broken shard(s) so far; latest: %s",
-                            self.dataset.rank, self._epoch, *_counts(self._latest), latest)
+                log.warning(
+                    "rank %d, epoch %d: %d corrupt sample(s) skipped and %d broken shard(s) so far; latest: %s",
+                    self.dataset.rank,
+                    self._epoch,
+                    *_counts(self._latest),
+                    latest,
+                )
 
     def _close_epoch(self) -> None:
         stats = self.epoch_stats
@@ -484,7 +505,12 @@ def demo_sources(root: str | Path | None = None) -> list[ShardSource]:
     root = demo.demo_root(root)
     shards = read_index(root / "train")["shards"]
     return [
-        ShardSource(urls=[str(root / "train" / s["name"]) for s in shards if s["name"].startswith(f"{task}-")], weight=1.0, task=task, name=task)
+        ShardSource(
+            urls=[str(root / "train" / s["name"]) for s in shards if s["name"].startswith(f"{task}-")],
+            weight=1.0,
+            task=task,
+            name=task,
+        )
         for task in demo.DEMO_TASKS
     ]
 
@@ -545,7 +571,11 @@ class FusionDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
     ):
         super().__init__()
-        self.sources = [source if isinstance(source, ShardSource) else ShardSource(**source) for source in sources] if sources else None
+        self.sources = (
+            [source if isinstance(source, ShardSource) else ShardSource(**source) for source in sources]
+            if sources
+            else None
+        )
         self.batch_size = batch_size
         self.crop_size = crop_size
         self.batches_per_epoch = batches_per_epoch
@@ -579,7 +609,9 @@ class FusionDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             rank, world = trainer.global_rank, trainer.world_size
-        return (self.rank if self.rank is not None else rank), (self.world_size if self.world_size is not None else world)
+        return (self.rank if self.rank is not None else rank), (
+            self.world_size if self.world_size is not None else world
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.sources is None:
@@ -610,7 +642,9 @@ class FusionDataModule(pl.LightningDataModule):
         for source in self.sources or []:
             if source.task is None:
                 continue
-            folders = {Path(url).parent for url in expand_urls(source.urls) if "://" not in url and not url.startswith("pipe:")}
+            folders = {
+                Path(url).parent for url in expand_urls(source.urls) if "://" not in url and not url.startswith("pipe:")
+            }
             for folder in folders:
                 try:
                     index = read_index(folder)
@@ -628,7 +662,9 @@ class FusionDataModule(pl.LightningDataModule):
 
     def _epoch(self) -> int:
         trainer = getattr(self, "trainer", None)
-        return trainer.current_epoch if trainer is not None else (self._train_loader.passes if self._train_loader else 0)
+        return (
+            trainer.current_epoch if trainer is not None else (self._train_loader.passes if self._train_loader else 0)
+        )
 
     def train_dataloader(self) -> StreamLoader:
         if self.train_stream is None:
@@ -644,8 +680,13 @@ class FusionDataModule(pl.LightningDataModule):
 
     def _pairs_loader(self, roots: list[str] | None, what: str) -> DataLoader:
         if not roots:
-            raise ValueError(f"no {what} data: set data.{what}_pairs to paired folders (layouts in datamodules/pairs.py)")
-        datasets = [PairFolderDataset(root, task=self.pair_task, key_prefix=Path(root).name if len(roots) > 1 else None) for root in roots]
+            raise ValueError(
+                f"no {what} data: set data.{what}_pairs to paired folders (layouts in datamodules/pairs.py)"
+            )
+        datasets = [
+            PairFolderDataset(root, task=self.pair_task, key_prefix=Path(root).name if len(roots) > 1 else None)
+            for root in roots
+        ]
         dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
         return DataLoader(
             dataset,
@@ -677,7 +718,6 @@ class FusionDataModule(pl.LightningDataModule):
     @property
     def task_names(self) -> tuple[str, ...]:
         return TASKS
-
 
 
 def _as_list(value: str | list[str] | None) -> list[str] | None:

@@ -66,7 +66,11 @@ def _pair_folder(folder: Path, key: str, task: str | None) -> dict[str, Any] | N
 
 
 def discover_pairs(
-    root: str | Path, task: str | None = None, a_dir: str | None = None, b_dir: str | None = None, gt_dir: str | None = None
+    root: str | Path,
+    task: str | None = None,
+    a_dir: str | None = None,
+    b_dir: str | None = None,
+    gt_dir: str | None = None,
 ) -> list[dict[str, Any]]:
     """The pairs under ``root`` as ``{"key", "paths": {role: path}, "meta": {...}}``, sorted by key."""
     root = Path(root)
@@ -82,9 +86,7 @@ def discover_pairs(
             folders["gt"] = root / gt_dir
         if task is None:
             raise ValueError("stem-matched pairs need the task")
-        return [
-            {"key": stem, "paths": paths, "meta": {"task": task}} for stem, paths in images.pair_by_stem(folders)
-        ]
+        return [{"key": stem, "paths": paths, "meta": {"task": task}} for stem, paths in images.pair_by_stem(folders)]
     pairs: list[dict[str, Any]] = []
     task_dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name.lower() in TASKS)
     if task_dirs:

@@ -29,7 +29,8 @@ write the same bit depth.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,7 +103,7 @@ class SampleMeta:
         return record
 
     @classmethod
-    def from_json(cls, record: Mapping[str, Any]) -> "SampleMeta":
+    def from_json(cls, record: Mapping[str, Any]) -> SampleMeta:
         return cls(
             task=record["task"],
             degradations=list(record.get("degradations", [])),
@@ -134,6 +135,11 @@ def luminance(image: torch.Tensor) -> torch.Tensor:
     return (BT601[0] * red + BT601[1] * green + BT601[2] * blue).unsqueeze(-3)
 
 
+def second_source(batch: Mapping[str, Any]) -> torch.Tensor:
+    """The batch's ``b`` where a sample has one, else its ``a``: what a restoration sample fuses with."""
+    return torch.where(batch["has_b"][:, None, None, None], batch["b"], batch["a"])
+
+
 def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Stack per-sample dicts (tensors without the batch dim, flags, strings) into a batch dict.
 
@@ -144,7 +150,9 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {}
     reference = samples[0]["a"]
     for member in IMAGE_MEMBERS:
-        batch[member] = torch.stack([s[member] if s.get(member) is not None else torch.zeros_like(reference) for s in samples])
+        batch[member] = torch.stack(
+            [s[member] if s.get(member) is not None else torch.zeros_like(reference) for s in samples]
+        )
     batch["has_b"] = torch.tensor([s.get("b") is not None for s in samples])
     batch["has_gt"] = torch.tensor([s.get("gt") is not None for s in samples])
     batch["task"] = torch.tensor([int(s["task"]) for s in samples], dtype=torch.int64)

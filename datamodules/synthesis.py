@@ -22,7 +22,7 @@ import torch
 from kornia.enhance import jpeg_codec_differentiable
 from kornia.filters import gaussian_blur2d
 
-from datamodules.schema import DEGRADATIONS, MAX_SEVERITY
+from datamodules.schema import BT601, DEGRADATIONS, MAX_SEVERITY
 
 NOISE_SIGMA = (0.04, 0.09, 0.16)
 """Standard deviation of additive Gaussian noise (on [0, 1]) per severity."""
@@ -104,7 +104,9 @@ def _smooth_depth(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarra
     return (depth - depth.min()) / (np.ptp(depth) + 1e-6)
 
 
-def make_multifocus(photo: np.ndarray, depth: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
+def make_multifocus(
+    photo: np.ndarray, depth: np.ndarray | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, str]:
     """(near focus, far focus, how): defocus grows with distance from each focal plane."""
     max_sigma = float(rng.uniform(3.0, 5.5))
     if depth is not None:
@@ -133,7 +135,9 @@ def make_exposures(photo: np.ndarray, rng: np.random.Generator) -> tuple[np.ndar
     return under, over, stops
 
 
-def degrade_photo(photo: np.ndarray, kind: str, severity: int, rng: np.random.Generator, depth: np.ndarray | None = None) -> np.ndarray:
+def degrade_photo(
+    photo: np.ndarray, kind: str, severity: int, rng: np.random.Generator, depth: np.ndarray | None = None
+) -> np.ndarray:
     """One degradation of ``kind`` at ``severity`` (1..3) applied to a float image in [0, 1]."""
     level = severity - 1
     if kind == "noise":
@@ -152,7 +156,9 @@ def degrade_photo(photo: np.ndarray, kind: str, severity: int, rng: np.random.Ge
     if kind == "lowlight":
         gain = LOWLIGHT_GAIN[level]
         dark = _linear_to_srgb(_srgb_to_linear(photo) * gain)
-        shot = rng.normal(0, 1, photo.shape).astype(np.float32) * np.sqrt(np.maximum(dark, 0) * 0.002) + rng.normal(0, 0.004, photo.shape).astype(np.float32)
+        shot = rng.normal(0, 1, photo.shape).astype(np.float32) * np.sqrt(np.maximum(dark, 0) * 0.002) + rng.normal(
+            0, 0.004, photo.shape
+        ).astype(np.float32)
         return np.clip(dark + shot, 0, 1)
     if kind == "haze":
         depth = depth if depth is not None else _smooth_depth(photo.shape[:2], rng)
@@ -179,7 +185,7 @@ def make_infrared(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     Warm-coloured regions (skin, red paint) of a colour photograph become the hot objects; a grey
     photograph gets a few hot blobs where it is bright.
     """
-    grey = photo if photo.ndim == 2 else photo @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = photo if photo.ndim == 2 else photo @ np.array(BT601, np.float32)
     base = 0.2 + 0.3 * _gaussian(0.6 * grey + 0.4 * (1.0 - grey), 4.0)
     if photo.ndim == 3:
         warm = np.clip((photo[..., 0] - photo[..., 2]) * 2.5, 0, 1) * np.clip(photo[..., 0] * 1.5, 0, 1)

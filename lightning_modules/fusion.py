@@ -24,10 +24,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
-from datamodules.schema import TASKS
+from datamodules.schema import TASKS, second_source
 from lightning_modules.inference.color import restore_color
-from lightning_modules.metrics import FusionMetricTracker
 from lightning_modules.inference.tiling import fuse_in_tiles, fuse_padded
+from lightning_modules.metrics import FusionMetricTracker
 
 
 class FusionModule(pl.LightningModule):
@@ -130,15 +130,17 @@ class FusionModule(pl.LightningModule):
     def fuse_full_resolution(self, batch: dict[str, Any]) -> torch.Tensor:
         """Fused luminance of a pair batch at its own size (padding or tiling as configured)."""
         a, task = batch["a"], batch["task"]
-        b = torch.where(batch["has_b"][:, None, None, None], batch["b"], a)
+        b = second_source(batch)
         if self.predict_tile_size is None:
             return fuse_padded(self.fuse, a, b, task, self.size_multiple)
-        return fuse_in_tiles(self.fuse, a, b, task, self.size_multiple, self.predict_tile_size, self.predict_tile_overlap)
+        return fuse_in_tiles(
+            self.fuse, a, b, task, self.size_multiple, self.predict_tile_size, self.predict_tile_overlap
+        )
 
     # ------------------------------------------------------------------------- validation / test
     def _evaluate(self, batch: dict[str, Any], tracker: FusionMetricTracker) -> torch.Tensor:
         fused = self.fuse_full_resolution(batch).clamp(0.0, 1.0)
-        b = torch.where(batch["has_b"][:, None, None, None], batch["b"], batch["a"])
+        b = second_source(batch)
         tracker.update(fused, batch["a"], b, batch["task"], gt=batch["gt"], has_gt=batch["has_gt"])
         return fused
 
@@ -189,4 +191,3 @@ class FusionModule(pl.LightningModule):
             "images": [rgb[i] if any_color[i] else fused_y[i] for i in range(fused_y.shape[0])],
             "bit_depth": batch["bit_depth"].tolist(),
         }
-

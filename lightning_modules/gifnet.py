@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from datamodules.schema import TASKS, task_id
+from datamodules.schema import TASKS, second_source, task_id
 from lightning_modules.fusion import FusionModule
 from lightning_modules.losses import (
     MS_SSIM_WEIGHTS,
@@ -28,8 +28,9 @@ from lightning_modules.losses import (
 )
 from lightning_modules.networks.gifnet import IVIF_BRANCH, MFIF_BRANCH, GIFNet
 
-
-NETWORK_ARGUMENTS: tuple[str, ...] = tuple(name for name in inspect.signature(GIFNet).parameters if name != "source_channels")
+NETWORK_ARGUMENTS: tuple[str, ...] = tuple(
+    name for name in inspect.signature(GIFNet).parameters if name != "source_channels"
+)
 """The :class:`GIFNet` sizes that :class:`GIFNetModule` takes as its own arguments (training is on luminance)."""
 
 
@@ -147,7 +148,11 @@ class GIFNetModule(FusionModule):
             raise ValueError(f"ms_ssim_scales must be 1..{len(MS_SSIM_WEIGHTS)}, got {ms_ssim_scales}")
         exponents = MS_SSIM_WEIGHTS[:ms_ssim_scales]
         self.ms_ssim_weights = tuple(weight / sum(exponents) for weight in exponents)
-        self.energy = GradientEnergy(energy_scales) if energy_backbone_weights is None else BackboneEnergy(energy_backbone_weights, energy_backbone)
+        self.energy = (
+            GradientEnergy(energy_scales)
+            if energy_backbone_weights is None
+            else BackboneEnergy(energy_backbone_weights, energy_backbone)
+        )
         self.loss_weights = {
             "intensity": intensity_weight,
             "gradient": gradient_weight,
@@ -169,8 +174,7 @@ class GIFNetModule(FusionModule):
         return self.network(a, b, MFIF_BRANCH if self.inference_branch == "mfif" else IVIF_BRANCH)
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        a, has_b = batch["a"], batch["has_b"]
-        b = torch.where(has_b[:, None, None, None], batch["b"], a)
+        a, b = batch["a"], second_source(batch)
         features = self.network.encode(a, b)
         fused = self.network.fuse_features(features, self.training_branch[batch["task"]])
         reconstruction = self.network.reconstruct(features)
@@ -178,7 +182,9 @@ class GIFNetModule(FusionModule):
         with torch.autocast(a.device.type, enabled=False):
             return self._weighted_terms(batch, b, fused.float(), reconstruction.float())
 
-    def _weighted_terms(self, batch: dict[str, Any], b: Tensor, fused: Tensor, reconstruction: Tensor) -> dict[str, Tensor]:
+    def _weighted_terms(
+        self, batch: dict[str, Any], b: Tensor, fused: Tensor, reconstruction: Tensor
+    ) -> dict[str, Tensor]:
         """The loss terms of every sample, their weighted total and the per-task means to log."""
         a, task, has_b, has_gt = batch["a"], batch["task"], batch["has_b"], batch["has_gt"]
         terms: list[tuple[str, Tensor, Tensor, bool]] = []  # name, per-sample values, their task ids, log per task
@@ -194,7 +200,12 @@ class GIFNetModule(FusionModule):
         if unsupervised.numel():
             fused_u, a_u, b_u = fused[unsupervised], a[unsupervised], b[unsupervised]
             terms += [
-                ("intensity", intensity_loss(fused_u, [a_u, b_u], self._source_weights(a_u, b_u, task[unsupervised])), task[unsupervised], True),
+                (
+                    "intensity",
+                    intensity_loss(fused_u, [a_u, b_u], self._source_weights(a_u, b_u, task[unsupervised])),
+                    task[unsupervised],
+                    True,
+                ),
                 ("gradient", gradient_loss(fused_u, [a_u, b_u]), task[unsupervised], True),
             ]
         # the second source, or for a restoration sample (its b is its a) the clean target
@@ -220,7 +231,7 @@ class GIFNetModule(FusionModule):
         return logged
 
     def _source_weights(self, a: Tensor, b: Tensor, task: Tensor) -> Tensor:
-        """Intensity weights of the two sources for unsupervised samples: (B, 2, 1, 1), or (B, 2, H, W) with multi-exposure ones."""
+        """Intensity weights of both sources, unsupervised samples: (B, 2, 1, 1), or (B, 2, H, W) for multi-exposure."""
         energy = energy_weights(self.energy(a), self.energy(b))[:, :, None, None]
         multi_exposure = (task == task_id("meif"))[:, None, None, None]
         if not multi_exposure.any():

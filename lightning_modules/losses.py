@@ -18,8 +18,9 @@ are (B, 1, H, W) in [0, 1].
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import kornia
 import torch
@@ -132,7 +133,8 @@ def ms_ssim(
     if smallest_side <= window_size // 2:
         raise ValueError(
             f"images of {image.shape[-2]}x{image.shape[-1]} are too small for {scales}-scale MS-SSIM with a "
-            f"{window_size}-px window (the coarsest side would be {smallest_side}); use fewer scales or a smaller window"
+            f"{window_size}-px window (the coarsest side would be {smallest_side}); use fewer scales or a "
+            "smaller window"
         )
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     result = image.new_ones(image.shape[0])
@@ -236,7 +238,9 @@ class BackboneEnergy(nn.Module):
         architecture: ``densenet121`` (as GIFNet) or ``resnet18`` (smaller).
     """
 
-    def __init__(self, weights_path: str | Path, architecture: Literal["densenet121", "resnet18"] = "densenet121") -> None:
+    def __init__(
+        self, weights_path: str | Path, architecture: Literal["densenet121", "resnet18"] = "densenet121"
+    ) -> None:
         super().__init__()
         path = Path(weights_path)
         if not path.is_file():
@@ -258,7 +262,7 @@ class BackboneEnergy(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "BackboneEnergy":
+    def train(self, mode: bool = True) -> BackboneEnergy:
         """Always stays in eval mode: its batch-norm statistics are ImageNet's, not the batch's."""
         return super().train(False)
 

@@ -52,7 +52,8 @@ import contextlib
 import dataclasses
 import math
 import random
-from typing import Any, Iterator, Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -64,6 +65,7 @@ from lightning_modules.losses import (
     exposure_weights,
     gradient_loss,
     intensity_loss,
+    per_sample_mean,
     ssim_loss,
 )
 from lightning_modules.networks.lure import LURENet, select_text
@@ -77,7 +79,7 @@ NO_DEGRADATION = [0.0] * len(DEGRADATIONS)
 
 def unified_latent_error(latent: Tensor, target: Tensor) -> Tensor:
     """Per-sample mean squared error of ``latent`` to the (stop-gradient) ``target`` latent: (B,)."""
-    return (latent - target).pow(2).flatten(1).mean(dim=1)
+    return per_sample_mean((latent - target).pow(2))
 
 
 class LUREModule(FusionModule):
@@ -218,7 +220,7 @@ class LUREModule(FusionModule):
 
     def image_loss(self, image: Tensor, target: Tensor) -> Tensor:
         """Per-sample L1 + SSIM + gradient fidelity of ``image`` to ``target``: (B,)."""
-        l1 = (image - target).abs().flatten(1).mean(dim=1)
+        l1 = per_sample_mean((image - target).abs())
         return l1 + self.ssim_weight * ssim_loss(image, target) + self.gradient_weight * gradient_loss(image, [target])
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:

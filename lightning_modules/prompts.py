@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -41,7 +42,9 @@ class PromptTable:
         self.tasks = {task: _phrases(tasks.get(task), f"{source}: tasks.{task}") for task in TASKS}
         unknown_tasks = set(tasks) - set(TASKS)
         if unknown_tasks:
-            raise ValueError(f"{source}: unknown task(s) {sorted(unknown_tasks)} under tasks; known: {', '.join(TASKS)}")
+            raise ValueError(
+                f"{source}: unknown task(s) {sorted(unknown_tasks)} under tasks; known: {', '.join(TASKS)}"
+            )
         if "default" not in degradations:
             raise ValueError(f"{source}: degradations needs a 'default' entry covering every kind")
         self.degradations: dict[str, dict[str, dict[int, list[str]]]] = {}
@@ -52,7 +55,7 @@ class PromptTable:
             self.degradations[scope] = _severity_phrases(kinds, required, f"{source}: degradations.{scope}")
 
     @classmethod
-    def from_yaml(cls, path: str | Path | None = None) -> "PromptTable":
+    def from_yaml(cls, path: str | Path | None = None) -> PromptTable:
         """Read a table file (default: ``recipes/configs/prompts.yaml``)."""
         path = Path(path or DEFAULT_PROMPT_TABLE)
         try:
@@ -62,7 +65,9 @@ class PromptTable:
         except yaml.YAMLError as error:
             raise ValueError(f"prompt table {str(path)!r} is not valid YAML: {error}") from None
         if not isinstance(record, dict) or set(record) != {"tasks", "degradations"}:
-            raise ValueError(f"prompt table {str(path)!r} must be a mapping with exactly the keys 'tasks' and 'degradations'")
+            raise ValueError(
+                f"prompt table {str(path)!r} must be a mapping with exactly the keys 'tasks' and 'degradations'"
+            )
         return cls(record["tasks"], record["degradations"], source=str(path))
 
     def phrase_options(self, task: str, kind: str, severity: int) -> list[str]:
@@ -132,5 +137,7 @@ def _severity_phrases(kinds: Any, required: Sequence[str], where: str) -> dict[s
     for kind, by_severity in kinds.items():
         if not isinstance(by_severity, dict) or set(by_severity) != set(range(1, MAX_SEVERITY + 1)):
             raise ValueError(f"{where}.{kind} must give phrases for every severity 1..{MAX_SEVERITY}")
-        table[kind] = {severity: _phrases(phrases, f"{where}.{kind}.{severity}") for severity, phrases in by_severity.items()}
+        table[kind] = {
+            severity: _phrases(phrases, f"{where}.{kind}.{severity}") for severity, phrases in by_severity.items()
+        }
     return table

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import open_clip
 import torch
@@ -30,7 +31,6 @@ from open_clip.factory import load_state_dict as load_clip_state_dict
 from open_clip.model import CLIPTextCfg, _build_text_tower, convert_to_custom_text_state_dict
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
-
 
 # open_clip's preferred safetensors copy of a hub checkpoint is looked up before the pickle one.
 _HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -213,7 +213,8 @@ class PromptEncoder(nn.Module):
         pooled, tokens, lengths = state["pooled"], state["tokens"], state["lengths"].tolist()
         if pooled.shape[1:] != (self.pooled_dim,) or tokens.shape[2:] != (self.token_dim,):
             raise ValueError(
-                f"the checkpoint's prompt cache has embedding sizes {tuple(pooled.shape[1:])}/{tuple(tokens.shape[2:])}, "
+                "the checkpoint's prompt cache has embedding sizes "
+                f"{tuple(pooled.shape[1:])}/{tuple(tokens.shape[2:])}, "
                 f"the configured text tower {self.pooled_dim}/{self.token_dim}"
             )
         self._cache = {
@@ -241,7 +242,8 @@ def _how_to_provide(config: TextEncoderConfig) -> str:
         "Runs are offline and never download weights. Provide them one of these ways: "
         "--model.text_encoder.weights_file PATH (a local open_clip or OpenAI CLIP checkpoint); or put the weights of "
         f"pretrained tag {config.pretrained!r} into the local cache (on a machine with internet: "
-        f"python -c \"import open_clip; open_clip.create_model('{config.model_name}', pretrained='{config.pretrained}', "
+        f"python -c \"import open_clip; open_clip.create_model('{config.model_name}', "
+        f"pretrained='{config.pretrained}', "
         "cache_dir='DIR')\", copy DIR here and pass --model.text_encoder.cache_dir DIR); or, for smoke tests only, "
         "--model.text_encoder.random_init true (random weights: prompts then carry no language meaning)."
     )
@@ -271,7 +273,8 @@ def _find_weights(config: TextEncoderConfig) -> Path:
         if candidate.is_file():
             return candidate
     raise TextWeightsUnavailable(
-        f"the weights of {config.model_name!r} / {config.pretrained!r} are not in the local cache. {_how_to_provide(config)}"
+        f"the weights of {config.model_name!r} / {config.pretrained!r} are not in the local cache. "
+        f"{_how_to_provide(config)}"
     )
 
 

@@ -64,7 +64,9 @@ class FusionCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--run_name", type=str, default="demo", help="Run directory name under runs_dir; reuse it to resume.")
+        parser.add_argument(
+            "--run_name", type=str, default="demo", help="Run directory name under runs_dir; reuse it to resume."
+        )
         parser.add_argument(
             "--runs_dir",
             type=str,
@@ -82,7 +84,9 @@ class FusionCLI(LightningCLI):
         # `checkpoint` keeps the best by its monitor; last.ckpt comes from a callback of its own (see
         # instantiate_trainer), because a monitored ModelCheckpoint rewrites "last" only when the
         # monitored value improves, which would leave --ckpt_path last resuming from a stale step.
-        parser.set_defaults({"checkpoint.save_last": False, "checkpoint.save_top_k": 1, "checkpoint.enable_version_counter": False})
+        parser.set_defaults(
+            {"checkpoint.save_last": False, "checkpoint.save_top_k": 1, "checkpoint.enable_version_counter": False}
+        )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # run=False (programmatic use) has no subcommand level in the config
@@ -119,7 +123,9 @@ def convert_checkpoint_command(argv: list[str], prog: str) -> None:
     from cluster.deepspeed_checkpoint import convert_deepspeed_checkpoint
 
     parser = argparse.ArgumentParser(prog=prog, description=convert_checkpoint_command.__doc__)
-    parser.add_argument("checkpoint_dir", type=Path, help="DeepSpeed checkpoint directory (e.g. runs/NAME/checkpoints/last.ckpt/).")
+    parser.add_argument(
+        "checkpoint_dir", type=Path, help="DeepSpeed checkpoint directory (e.g. runs/NAME/checkpoints/last.ckpt/)."
+    )
     parser.add_argument("output_file", type=Path, help="Single-file Lightning checkpoint to write.")
     options = parser.parse_args(argv)
     written = convert_deepspeed_checkpoint(options.checkpoint_dir, options.output_file)

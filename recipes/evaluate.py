@@ -41,9 +41,9 @@ import csv
 import math
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -52,7 +52,6 @@ from tqdm import tqdm
 from datamodules.images import IMAGE_SUFFIXES, ImageError, read_image
 from datamodules.pairs import PairFolderDataset
 from datamodules.schema import TASKS, to_float
-from lightning_modules.metrics.baselines import BASELINES
 from lightning_modules.metrics import (
     HIGHER_IS_BETTER,
     METRICS,
@@ -63,6 +62,7 @@ from lightning_modules.metrics import (
     compute_metrics,
     to_grey_levels,
 )
+from lightning_modules.metrics.baselines import BASELINES
 
 FUSED_ONLY_METRICS = ("EN", "SD", "SF", "AG")
 """Metrics of the fused image alone: the ones restoration pairs (no second source) get."""
@@ -101,15 +101,53 @@ def build_parser() -> argparse.ArgumentParser:
         "write metrics.csv, summary tables and plots.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--pairs", required=True, type=Path, help="folder of source pairs (fusion-bench layout, pair folders, or with --a-dir/--b-dir)")
-    parser.add_argument("--fused", nargs="+", action="extend", default=[], metavar="NAME=DIR", help="a method's fused images; repeat for several methods")
-    parser.add_argument("--baselines", action="store_true", help="also score pixel average, choose-max and Laplacian-pyramid fusion of the pairs")
-    parser.add_argument("--metrics", nargs="+", default=None, metavar="NAME", help=f"metrics to compute (default: {' '.join(SOURCE_METRICS)}, plus {' '.join(TARGET_METRICS)} where a pair has gt); known: {' '.join(METRICS)}")
+    parser.add_argument(
+        "--pairs",
+        required=True,
+        type=Path,
+        help="folder of source pairs (fusion-bench layout, pair folders, or with --a-dir/--b-dir)",
+    )
+    parser.add_argument(
+        "--fused",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=DIR",
+        help="a method's fused images; repeat for several methods",
+    )
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also score pixel average, choose-max and Laplacian-pyramid fusion of the pairs",
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"metrics to compute (default: {' '.join(SOURCE_METRICS)}, plus {' '.join(TARGET_METRICS)} "
+        f"where a pair has gt); known: {' '.join(METRICS)}",
+    )
     parser.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu", help="where the metrics run")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's); on a busy shared machine 1 avoids waiting for descheduled threads")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the metrics run",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's); on a busy shared machine 1 avoids waiting for "
+        "descheduled threads",
+    )
     parser.add_argument("--task", default=None, help=f"task of pairs whose layout does not say it ({', '.join(TASKS)})")
-    parser.add_argument("--a-dir", default=None, help="with --b-dir: folder (under --pairs) of first sources matched to second ones by file stem")
+    parser.add_argument(
+        "--a-dir",
+        default=None,
+        help="with --b-dir: folder (under --pairs) of first sources matched to second ones by file stem",
+    )
     parser.add_argument("--b-dir", default=None, help="folder (under --pairs) of second sources")
     parser.add_argument("--gt-dir", default=None, help="folder (under --pairs) of targets, matched by stem")
     return parser
@@ -142,7 +180,9 @@ def evaluate(args: argparse.Namespace) -> Evaluation:
         raise ValueError("nothing to evaluate: give --fused NAME=DIR and/or --baselines")
     clash = sorted(set(fused_folders) & set(BASELINES)) if args.baselines else []
     if clash:
-        raise ValueError(f"--fused method name(s) {', '.join(clash)} clash with the baselines; rename them or drop --baselines")
+        raise ValueError(
+            f"--fused method name(s) {', '.join(clash)} clash with the baselines; rename them or drop --baselines"
+        )
     requested = check_metric_names(args.metrics) if args.metrics else None
     dataset = PairFolderDataset(args.pairs, task=args.task, a_dir=args.a_dir, b_dir=args.b_dir, gt_dir=args.gt_dir)
     device = torch.device(args.device)
@@ -165,7 +205,9 @@ def evaluate(args: argparse.Namespace) -> Evaluation:
             levels = read_grey_levels(path)
             if levels.shape[-2:] != a.shape[-2:]:
                 (height, width), (pair_height, pair_width) = levels.shape[-2:], a.shape[-2:]
-                raise ImageError(f"size mismatch: {path} is {height}x{width} but {a_path} is {pair_height}x{pair_width} (H x W)")
+                raise ImageError(
+                    f"size mismatch: {path} is {height}x{width} but {a_path} is {pair_height}x{pair_width} (H x W)"
+                )
             names.append(method)
             fused.append(levels)
         if args.baselines and b is not None:
@@ -174,13 +216,18 @@ def evaluate(args: argparse.Namespace) -> Evaluation:
                 fused.append(torch.round(fuse(a, b).clamp(0, 255)))  # written as 8 bits
         if not names:
             continue
-        metrics = [m for m in result.metrics if (m in TARGET_METRICS and gt is not None) or (m not in TARGET_METRICS and (b is not None or m in FUSED_ONLY_METRICS))]
+        metrics = [
+            m
+            for m in result.metrics
+            if (m in TARGET_METRICS and gt is not None)
+            or (m not in TARGET_METRICS and (b is not None or m in FUSED_ONLY_METRICS))
+        ]
         if not metrics:
             continue
         batch = torch.cat(fused).to(device=device, dtype=torch.uint8)
         count = batch.shape[0]
 
-        def expand(levels: torch.Tensor) -> torch.Tensor:
+        def expand(levels: torch.Tensor, count: int = count) -> torch.Tensor:
             return levels.to(device=device, dtype=torch.uint8).expand(count, -1, -1, -1)
 
         second = expand(b if b is not None else a)  # restoration pairs only get metrics of F alone
@@ -188,7 +235,9 @@ def evaluate(args: argparse.Namespace) -> Evaluation:
         for metric in metrics:
             for method, value in zip(names, values[metric].tolist()):
                 note = NAN_REASONS.get(metric, "undefined") if math.isnan(value) else ""
-                result.rows.append({"task": task, "pair": key, "method": method, "metric": metric, "value": value, "note": note})
+                result.rows.append(
+                    {"task": task, "pair": key, "method": method, "metric": metric, "value": value, "note": note}
+                )
     return result
 
 
@@ -224,8 +273,13 @@ def write_csv(path: Path, rows: list[dict[str, object]], columns: Sequence[str])
 
 def markdown_report(result: Evaluation, summary: dict[tuple[str, str, str], Summary]) -> str:
     tasks = [task for task in TASKS if any(key[0] == task for key in summary)]
-    lines = ["# Fusion metrics", "", "Mean ± standard deviation over pairs; the best mean per metric in bold; "
-             "↑ higher is better, ↓ lower is better. Metrics follow the fusion-bench reference conventions.", ""]
+    lines = [
+        "# Fusion metrics",
+        "",
+        "Mean ± standard deviation over pairs; the best mean per metric in bold; "
+        "↑ higher is better, ↓ lower is better. Metrics follow the fusion-bench reference conventions.",
+        "",
+    ]
     for task in tasks:
         metrics = [m for m in result.metrics if any((task, method, m) in summary for method in result.methods)]
         methods = [method for method in result.methods if any((task, method, m) in summary for m in metrics)]
@@ -236,7 +290,9 @@ def markdown_report(result: Evaluation, summary: dict[tuple[str, str, str], Summ
             if finite:
                 best[metric] = max(finite) if HIGHER_IS_BETTER[metric] else min(finite)
         lines += [f"## {task.upper()}", ""]
-        lines.append("| method | n | " + " | ".join(f"{m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in metrics) + " |")
+        lines.append(
+            "| method | n | " + " | ".join(f"{m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in metrics) + " |"
+        )
         lines.append("|---" * (len(metrics) + 2) + "|")
         for method in methods:
             n = max((summary[(task, method, m)].n for m in metrics if (task, method, m) in summary), default=0)
@@ -303,7 +359,10 @@ def write_reports(result: Evaluation, out: Path) -> dict[tuple[str, str, str], S
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "metrics.csv", result.rows, ("task", "pair", "method", "metric", "value", "note"))
     summary = summarise(result)
-    rows = [{"task": t, "method": m, "metric": k, "n": s.n, "mean": s.mean, "std": s.std, "nan_count": s.nan_count} for (t, m, k), s in sorted(summary.items())]
+    rows = [
+        {"task": t, "method": m, "metric": k, "n": s.n, "mean": s.mean, "std": s.std, "nan_count": s.nan_count}
+        for (t, m, k), s in sorted(summary.items())
+    ]
     write_csv(out / "summary.csv", rows, ("task", "method", "metric", "n", "mean", "std", "nan_count"))
     (out / "summary.md").write_text(markdown_report(result, summary))
     plot_metrics(result, summary, out / "plots")
@@ -324,7 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"{missing} fused image(s) missing; listed in {args.out / 'summary.md'}:", file=sys.stderr)
         for method, keys in result.missing.items():
-            print(f"  {method}: {len(keys)} missing ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})", file=sys.stderr)
+            print(
+                f"  {method}: {len(keys)} missing ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})",
+                file=sys.stderr,
+            )
     print(f"wrote {args.out / 'metrics.csv'}, {args.out / 'summary.md'}, {args.out / 'plots'}")
     return 0
 

@@ -14,7 +14,7 @@ Supports:
 - The GIFNet network (``lightning_modules.gifnet``): shared dense encoder, a reconstruction
   branch, infrared-visible and multi-focus attention branches coupled by cross-fusion gating;
   ``gifnet.yaml`` has the published sizes, ``gifnet-fast.yaml`` runs the task branches at reduced
-  resolution, ``gifnet-tiny.yaml`` is for tests and smoke runs.
+  resolution, ``tests/configs/gifnet-tiny.yaml`` is for tests and smoke runs.
 - Mixed-task streaming from WebDataset shards (``datamodules.mixture``), one optimizer step per
   mixed batch with each task's loss on its own samples; the demo set is built on first use.
 - Validation and test at full resolution on paired folders (the demo split, or

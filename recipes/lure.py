@@ -20,7 +20,7 @@ Supports:
   text-guided attention to the prompt's token embeddings; the stage switches after
   ``model.stage1_steps`` or is fixed by ``model.stage``. ``lure.yaml`` is the full model with
   OpenAI's ViT-B-32 text tower, ``lure-cpu.yaml`` the CPU demo budget (random text weights),
-  ``lure-tiny.yaml`` is for tests and smoke runs.
+  ``tests/configs/lure-tiny.yaml`` is for tests and smoke runs.
 - Prompts (``lightning_modules.text``): a frozen open_clip text tower, each distinct prompt encoded
   once and cached in the checkpoint (predict needs no CLIP weights for cached prompts); the prompt
   table ``recipes/configs/prompts.yaml`` keyed by task, degradation and severity; an explicit

@@ -23,8 +23,9 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -99,7 +100,9 @@ class TrainingProbe(Callback):
             time.sleep(self.step_delay_s)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record(trainer, "end", global_step=trainer.global_step, weights_sha256=weights_digest(full_state_dict(pl_module)))
+        self._record(
+            trainer, "end", global_step=trainer.global_step, weights_sha256=weights_digest(full_state_dict(pl_module))
+        )
 
 
 def read_events(output_dir: Path) -> dict[int, list[dict[str, Any]]]:

@@ -15,8 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 INTERPRETER_BIN = str(Path(sys.executable).parent)
@@ -24,7 +24,17 @@ INTERPRETER_BIN = str(Path(sys.executable).parent)
 compiles DeepSpeed's ops, must be the ones every process uses, or the compiled-op cache is rebuilt."""
 LOCAL_SLURM = PROJECT_ROOT / "cluster" / "local_slurm"
 SBIN_PATH = "/usr/sbin:/sbin"  # where Debian puts slurmctld, slurmd and munged
-TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+TERMINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 def interpreter_environment(extra_path: str = "") -> dict[str, str]:
@@ -104,15 +114,20 @@ class LocalSlurmCluster:
         text = self.command("scontrol", "--oneliner", "show", "job", str(job_id))
         return dict(re.findall(r"(\w+)=(\S*)", text))
 
-    def wait_for(self, job_id: int, condition: Callable[[dict[str, str]], bool], timeout: float, what: str, log: Path) -> dict[str, str]:
-        """Poll the job until ``condition(fields)`` holds; fail with the job's and controller's logs after ``timeout``."""
+    def wait_for(
+        self, job_id: int, condition: Callable[[dict[str, str]], bool], timeout: float, what: str, log: Path
+    ) -> dict[str, str]:
+        """Poll until ``condition(fields)`` holds; after ``timeout``, fail with the job's and slurmctld's logs."""
         deadline = time.monotonic() + timeout
         while True:
             fields = self.job(job_id)
             if condition(fields):
                 return fields
             if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id}: {what} not reached in {timeout:.0f}s; now {fields.get('JobState')}\n{self.report(log)}")
+                raise AssertionError(
+                    f"job {job_id}: {what} not reached in {timeout:.0f}s; now "
+                    f"{fields.get('JobState')}\n{self.report(log)}"
+                )
             time.sleep(0.5)
 
     def wait_until_done(self, job_id: int, timeout: float, log: Path) -> dict[str, str]:
@@ -125,7 +140,9 @@ class LocalSlurmCluster:
 
     def report(self, log: Path) -> str:
         """The job log's and the controller log's tails, for failure messages."""
-        return f"--- job log {log}:\n{tail(log)}\n--- slurmctld log:\n{tail(self.directory / 'log' / 'slurmctld.log', 20)}"
+        return (
+            f"--- job log {log}:\n{tail(log)}\n--- slurmctld log:\n{tail(self.directory / 'log' / 'slurmctld.log', 20)}"
+        )
 
     @staticmethod
     def _run(command: list[str], env: Mapping[str, str], timeout: float, cwd: Path | None = None) -> str:

@@ -20,7 +20,7 @@ from _cluster_probe import weights_digest
 from _cluster_slurm import PROJECT_ROOT, interpreter_environment
 from PIL import Image
 
-TINY_CONFIG = "recipes/configs/gifnet-tiny.yaml"
+TINY_CONFIG = "tests/configs/gifnet-tiny.yaml"
 STALE_LOCK_S = 15 * 60
 """A compile lock older than this is a leftover: compiling the op takes a few minutes at most."""
 
@@ -55,10 +55,17 @@ def run_recipe(*args: str, timeout: float = 300) -> str:
     """``python -m recipes.gifnet ARGS`` from the project root; its output, or a failure showing it."""
     env = {**interpreter_environment(), "OMP_NUM_THREADS": "1"}  # two ranks share two cores
     result = subprocess.run(
-        [sys.executable, "-m", "recipes.gifnet", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "recipes.gifnet", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     output = result.stdout + result.stderr
-    assert result.returncode == 0, f"recipes.gifnet {' '.join(args[:1])} failed ({result.returncode}):\n{output[-6000:]}"
+    assert result.returncode == 0, (
+        f"recipes.gifnet {' '.join(args[:1])} failed ({result.returncode}):\n{output[-6000:]}"
+    )
     return output
 
 
@@ -77,12 +84,18 @@ def assert_shards_of_both_ranks(checkpoint_dir: Path, stage: int) -> None:
     assert checkpoint_dir.is_dir(), f"DeepSpeed should save a directory at {checkpoint_dir}"
     shards = sorted(path.name for path in checkpoint_dir.glob("*/*_states.pt"))
     for rank in (0, 1):
-        assert f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in shards, f"no optimizer shard of rank {rank}: {shards}"
+        assert f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in shards, (
+            f"no optimizer shard of rank {rank}: {shards}"
+        )
         if stage == 3:
-            assert f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt" in shards, f"no model shard of rank {rank}: {shards}"
+            assert f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt" in shards, (
+                f"no model shard of rank {rank}: {shards}"
+            )
 
 
-def assert_converts_and_predict_loads(checkpoint_dir: Path, trained_digest: str, global_step: int, folder: Path) -> None:
+def assert_converts_and_predict_loads(
+    checkpoint_dir: Path, trained_digest: str, global_step: int, folder: Path
+) -> None:
     """Convert the checkpoint with the recipe's ``convert-checkpoint``; the single file must hold the
     trained weights (by digest) and step, and ``predict`` must load it and fuse every pair."""
     single_file = folder / "converted.ckpt"

@@ -42,7 +42,9 @@ class _SignalSelf(Callback):
     def __init__(self, at_batch: int) -> None:
         self.at_batch = at_batch
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if batch_idx == self.at_batch:
             os.kill(os.getpid(), signal.SIGUSR1)
 

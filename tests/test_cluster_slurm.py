@@ -13,8 +13,8 @@ import dataclasses
 import os
 import subprocess
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import pytest
 import torch
@@ -68,7 +68,7 @@ def test_a_job_runs_one_task_on_each_node(cluster: LocalSlurmCluster, tmp_path: 
         "#!/usr/bin/env bash\n"
         "#SBATCH --nodes=2\n"
         "#SBATCH --ntasks-per-node=1\n"
-        'srun bash -c \'echo "task $SLURM_PROCID of $SLURM_NTASKS on $SLURMD_NODENAME"\'\n'
+        "srun bash -c 'echo \"task $SLURM_PROCID of $SLURM_NTASKS on $SLURMD_NODENAME\"'\n"
     )
     job_id = cluster.submit(script, ["--output", str(log)])
     cluster.wait_until_done(job_id, timeout=60, log=log)
@@ -166,7 +166,7 @@ def submit_training(
             *recipe_options,
         ],
         env={
-            "CONFIG": "recipes/configs/gifnet-tiny.yaml",
+            "CONFIG": "tests/configs/gifnet-tiny.yaml",
             "RUN_NAME": run_name,
             "UNIFUSE_RUNS_DIR": str(runs),
             "OMP_NUM_THREADS": "1",  # two ranks share two cores
@@ -182,7 +182,9 @@ def test_ddp_script_trains_two_nodes_on_different_data_to_identical_weights(
 ) -> None:
     max_steps = 2 * BATCHES_PER_EPOCH
     # Without resampling each rank reads its own fixed share of the shards: disjoint samples.
-    job = submit_training(cluster, DDP_SCRIPT, "ddp", tmp_path, max_steps, ["--data.resampled=false", "--trainer.logger=false"])
+    job = submit_training(
+        cluster, DDP_SCRIPT, "ddp", tmp_path, max_steps, ["--data.resampled=false", "--trainer.logger=false"]
+    )
     cluster.wait_until_done(job.job_id, JOB_TIMEOUT_S, job.log)
 
     starts = {rank: job.events(rank, "start") for rank in (0, 1)}
@@ -202,7 +204,9 @@ def test_ddp_script_trains_two_nodes_on_different_data_to_identical_weights(
     assert checkpoints == [f"epoch=1-step={max_steps}.ckpt", "last.ckpt"]
     last = torch.load(job.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == max_steps
-    assert weights_digest(last["state_dict"]) == ends[0][0]["weights_sha256"], "last.ckpt does not hold the final weights"
+    assert weights_digest(last["state_dict"]) == ends[0][0]["weights_sha256"], (
+        "last.ckpt does not hold the final weights"
+    )
     assert not list(job.run_dir.glob("hpc_ckpt_*.ckpt"))
 
 
@@ -251,7 +255,9 @@ def test_sigusr1_saves_requeues_and_the_job_resumes_where_it_stopped(
         starts = job.events(rank, "start")
         assert [(start["restart"], start["global_step"]) for start in starts] == [(0, 0), (1, saved_step)]
         resumed_steps = [batch["global_step"] for batch in job.events(rank, "batch", restart=1)]
-        assert resumed_steps == list(range(saved_step + 1, max_steps + 1)), f"rank {rank} did not continue the global step"
+        assert resumed_steps == list(range(saved_step + 1, max_steps + 1)), (
+            f"rank {rank} did not continue the global step"
+        )
 
     final = [job.events(rank, "end", restart=1)[-1] for rank in (0, 1)]
     assert [end["global_step"] for end in final] == [max_steps, max_steps]

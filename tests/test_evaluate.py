@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from data_helpers import save_png
 from test_metrics_published import one_thread  # noqa: F401  (autouse: one torch thread)
 
 from lightning_modules.metrics import NAN_REASONS, SOURCE_METRICS, compute_metrics
 from recipes.evaluate import main
+
+from data_helpers import save_png
 
 SIZE = (44, 48)  # VIF needs 41 px
 
@@ -43,7 +44,21 @@ def read_rows(path):
 
 def test_evaluates_methods_and_baselines_into_csv_tables_and_plots(bench, capsys):
     out = bench / "out"
-    assert main(["--pairs", str(bench / "pairs"), "--fused", f"M1={bench / 'M1'}", f"M2={bench / 'M2'}", "--baselines", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--pairs",
+                str(bench / "pairs"),
+                "--fused",
+                f"M1={bench / 'M1'}",
+                f"M2={bench / 'M2'}",
+                "--baselines",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = read_rows(out / "metrics.csv")
     # 3 pairs x (M1 + 3 baselines) + 2 pairs of M2, 12 metrics each
     assert len(rows) == (3 * 4 + 2) * len(SOURCE_METRICS)
@@ -59,7 +74,9 @@ def test_evaluates_methods_and_baselines_into_csv_tables_and_plots(bench, capsys
     assert "| M2 | 1 |" in summary.split("## MFIF")[0]
     assert {path.stem for path in (out / "plots").glob("*.png")} == set(SOURCE_METRICS)
     stats = read_rows(out / "summary.csv")
-    m1_en = [float(r["value"]) for r in rows if r["method"] == "M1" and r["metric"] == "EN" and r["pair"].startswith("IVIF")]
+    m1_en = [
+        float(r["value"]) for r in rows if r["method"] == "M1" and r["metric"] == "EN" and r["pair"].startswith("IVIF")
+    ]
     entry = next(r for r in stats if r["task"] == "ivif" and r["method"] == "M1" and r["metric"] == "EN")
     assert float(entry["mean"]) == pytest.approx(np.mean(m1_en)) and float(entry["std"]) == pytest.approx(np.std(m1_en))
     assert "1 fused image(s) missing" in capsys.readouterr().err
@@ -74,12 +91,31 @@ def test_published_layout_stem_matched_pairs_and_chosen_metrics(tmp_path):
     args = ["--pairs", str(tmp_path / "src"), "--a-dir", "ir", "--b-dir", "vi", "--task", "ivif"]
     assert main(args + ["--fused", f"mine={tmp_path / 'fused'}", "--metrics", "EN", "MI", "--out", str(out)]) == 0
     rows = read_rows(out / "metrics.csv")
-    assert sorted((row["pair"], row["metric"]) for row in rows) == [("x1", "EN"), ("x1", "MI"), ("x2", "EN"), ("x2", "MI")]
+    assert sorted((row["pair"], row["metric"]) for row in rows) == [
+        ("x1", "EN"),
+        ("x1", "MI"),
+        ("x2", "EN"),
+        ("x2", "MI"),
+    ]
     # fusion-bench's published layout: DIR/<TASK>/<METHOD>/<pair>.png
     save_png(tmp_path / "published" / "IVIF" / "GIFNet" / "p.png", image(9))
     for role, seed in (("a", 7), ("b", 8)):
         save_png(tmp_path / "bench" / "IVIF" / "p" / f"{role}.png", image(seed))
-    assert main(["--pairs", str(tmp_path / "bench"), "--fused", f"GIFNet={tmp_path / 'published'}", "--metrics", "SD", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--pairs",
+                str(tmp_path / "bench"),
+                "--fused",
+                f"GIFNet={tmp_path / 'published'}",
+                "--metrics",
+                "SD",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert [row["method"] for row in read_rows(out / "metrics.csv")] == ["GIFNet"]
 
 
@@ -103,7 +139,9 @@ def test_bad_input_is_named(bench, capsys):
         main(["--pairs", str(bench / "pairs"), "--fused", f"M1={bench / 'M1'}", "--out", str(bench / "out")])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
-    assert str(bench / "M1" / "IVIF" / "p2.png") in message and str(bench / "pairs" / "IVIF" / "p2" / "a.png") in message
+    assert (
+        str(bench / "M1" / "IVIF" / "p2.png") in message and str(bench / "pairs" / "IVIF" / "p2" / "a.png") in message
+    )
     with pytest.raises(SystemExit):
         main(["--pairs", str(bench / "pairs"), "--fused", f"M2={bench / 'M2'}", "--metrics", "EN", "VIFF"])
     assert "known metrics: EN, SD" in capsys.readouterr().err

@@ -33,7 +33,9 @@ def tiny_network(**overrides: object) -> GIFNet:
 
 def sources(batch: int = 2, height: int = 16, width: int = 24, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, 1, height, width, generator=generator), torch.rand(batch, 1, height, width, generator=generator)
+    return torch.rand(batch, 1, height, width, generator=generator), torch.rand(
+        batch, 1, height, width, generator=generator
+    )
 
 
 def test_default_size_matches_the_published_model() -> None:
@@ -111,7 +113,9 @@ def test_secondary_branch_attends_with_the_primary_queries() -> None:
     with torch.no_grad():
         network(a, b, MFIF_BRANCH)
         primary_queries = network.branches.blocks[MFIF_BRANCH][0].query_key.weight
-        primary_queries[: primary_queries.shape[0] // 2] += torch.randn_like(primary_queries[: primary_queries.shape[0] // 2])  # queries only
+        primary_queries[: primary_queries.shape[0] // 2] += torch.randn_like(
+            primary_queries[: primary_queries.shape[0] // 2]
+        )  # queries only
         network(a, b, MFIF_BRANCH)
     assert not torch.allclose(captured[0], captured[1], atol=1e-6)
 
@@ -162,10 +166,18 @@ def whole_map_block(block: WindowAttentionBlock, tokens: torch.Tensor, bias: tor
     normed = block.norm(tokens)
     query_weight, key_weight = block.query_key.weight.split(channels)
     query_bias, key_bias = block.query_key.bias.split(channels)
-    query, key, value = F.linear(normed, query_weight, query_bias), F.linear(normed, key_weight, key_bias), block.value(normed)
+    query, key, value = (
+        F.linear(normed, query_weight, query_bias),
+        F.linear(normed, key_weight, key_bias),
+        block.value(normed),
+    )
 
     def windows(tokens_: torch.Tensor) -> torch.Tensor:
-        padded = F.pad(tokens_.permute(0, 3, 1, 2), (shift, size - shift, shift, size - shift), mode="reflect") if shift else tokens_.permute(0, 3, 1, 2)
+        padded = (
+            F.pad(tokens_.permute(0, 3, 1, 2), (shift, size - shift, shift, size - shift), mode="reflect")
+            if shift
+            else tokens_.permute(0, 3, 1, 2)
+        )
         rows, columns = padded.shape[-2] // size, padded.shape[-1] // size
         split = padded.reshape(batch, heads, channels // heads, rows, size, columns, size)
         return split.permute(0, 3, 5, 1, 4, 6, 2).reshape(batch, rows, columns, heads, size * size, channels // heads)
@@ -174,9 +186,16 @@ def whole_map_block(block: WindowAttentionBlock, tokens: torch.Tensor, bias: tor
     attended = scores.softmax(dim=-1) @ windows(value)  # (B, rows, columns, heads, N, d)
     rows, columns = attended.shape[1:3]
     attended = attended.reshape(batch, rows, columns, heads, size, size, -1).permute(0, 1, 4, 2, 5, 3, 6)
-    attended = attended.reshape(batch, rows * size, columns * size, channels)[:, shift : shift + height, shift : shift + width]
+    attended = attended.reshape(batch, rows * size, columns * size, channels)[
+        :, shift : shift + height, shift : shift + width
+    ]
     halo = block.value_conv.kernel_size[0] // 2
-    local = F.conv2d(F.pad(value.permute(0, 3, 1, 2), (halo,) * 4, mode="reflect"), block.value_conv.weight, block.value_conv.bias, groups=channels)
+    local = F.conv2d(
+        F.pad(value.permute(0, 3, 1, 2), (halo,) * 4, mode="reflect"),
+        block.value_conv.weight,
+        block.value_conv.bias,
+        groups=channels,
+    )
     output = tokens + block.projection(attended + local.permute(0, 2, 3, 1))
     return output + block.mlp(output)
 
@@ -185,7 +204,9 @@ def whole_map_block(block: WindowAttentionBlock, tokens: torch.Tensor, bias: tor
 @pytest.mark.parametrize("chunk_pixels", [16, 200, 1 << 16])
 def test_strips_give_the_whole_map_result(shift: int, chunk_pixels: int) -> None:
     torch.manual_seed(0)
-    block = WindowAttentionBlock(dim=8, heads=2, window_size=4, shift=shift, mlp_ratio=2.0, value_kernel=5, chunk_pixels=chunk_pixels)
+    block = WindowAttentionBlock(
+        dim=8, heads=2, window_size=4, shift=shift, mlp_ratio=2.0, value_kernel=5, chunk_pixels=chunk_pixels
+    )
     bias = RelativePositionBias(window_size=4, heads=2, hidden=16)()
     tokens = torch.randn(2, 12, 16, 8)
     with torch.no_grad():  # strips are an inference path; with autograd the block runs whole

@@ -10,8 +10,8 @@ import torch
 
 from datamodules.schema import DEGRADATIONS, TASK_IDS, collate
 from lightning_modules.gifnet import NETWORK_ARGUMENTS, GIFNetModule
-from lightning_modules.networks.gifnet import IVIF_BRANCH, MFIF_BRANCH, GIFNet
 from lightning_modules.inference.tiling import fuse_padded
+from lightning_modules.networks.gifnet import IVIF_BRANCH, MFIF_BRANCH, GIFNet
 
 TINY = dict(
     encoder_growth=4,
@@ -140,7 +140,11 @@ def test_one_optimizer_step_per_mixed_batch(tmp_path: Path) -> None:
 def test_fuse_uses_the_configured_branch() -> None:
     batch = mixed_batch(["ivif", "mfif"], [False, True])
     a, b, task = batch["a"], batch["b"], batch["task"]
-    for inference_branch, expected_branches in (("mfif", [MFIF_BRANCH] * 2), ("ivif", [IVIF_BRANCH] * 2), ("trained", [IVIF_BRANCH, MFIF_BRANCH])):
+    for inference_branch, expected_branches in (
+        ("mfif", [MFIF_BRANCH] * 2),
+        ("ivif", [IVIF_BRANCH] * 2),
+        ("trained", [IVIF_BRANCH, MFIF_BRANCH]),
+    ):
         module = tiny_module(inference_branch=inference_branch).eval()
         with torch.no_grad():
             fused = module.fuse(a, b, task)

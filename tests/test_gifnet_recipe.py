@@ -10,15 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PROJECT_ROOT
-from wandb_records import history
 
 from datamodules.images import encode_png, read_image
 from datamodules.mixture import FusionDataModule
 from lightning_modules.gifnet import GIFNetModule
 from recipes.cli import FusionCLI, wandb_run_id
 
-TINY = str(PROJECT_ROOT / "recipes" / "configs" / "gifnet-tiny.yaml")
+from conftest import PROJECT_ROOT
+from wandb_records import history
+
+TINY = str(PROJECT_ROOT / "tests" / "configs" / "gifnet-tiny.yaml")
 
 
 def run_recipe(*args: str, runs_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -31,7 +32,9 @@ def run_recipe(*args: str, runs_dir: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=900,
     )
-    assert result.returncode == 0, f"recipes.gifnet {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, (
+        f"recipes.gifnet {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    )
     return result
 
 
@@ -55,7 +58,14 @@ def test_fit_writes_checkpoints_and_offline_wandb_logs(trained_run: Path) -> Non
     [run_file] = (run_dir / "wandb").glob(f"offline-run-*-{wandb_run_id('tiny')}/run-*.wandb")
     rows = history(run_file)
     logged = {key for row in rows for key in row}
-    assert {"train/loss", "lr-AdamW", "val/ivif/Qabf", "val/ivif/MI", "val/fusions/count", "data/skipped_samples"} <= logged
+    assert {
+        "train/loss",
+        "lr-AdamW",
+        "val/ivif/Qabf",
+        "val/ivif/MI",
+        "val/fusions/count",
+        "data/skipped_samples",
+    } <= logged
     assert max(row.get("data/samples", 0) for row in rows) > 0
     losses = [row["train/loss"] for row in rows if "train/loss" in row]
     assert len(losses) == 4 and all(np.isfinite(losses))
@@ -65,7 +75,18 @@ def test_resume_continues_global_step_and_wandb_run(trained_run: Path, tmp_path:
     resumed_runs = tmp_path / "runs"
     resumed_runs.mkdir()
     subprocess.run(["cp", "-r", str(trained_run / "tiny"), str(resumed_runs)], check=True)
-    run_recipe("fit", "--config", TINY, "--run_name", "tiny", "--ckpt_path", "last", "--trainer.max_steps", "6", runs_dir=resumed_runs)
+    run_recipe(
+        "fit",
+        "--config",
+        TINY,
+        "--run_name",
+        "tiny",
+        "--ckpt_path",
+        "last",
+        "--trainer.max_steps",
+        "6",
+        runs_dir=resumed_runs,
+    )
     assert global_step(resumed_runs / "tiny" / "checkpoints" / "last.ckpt") == 6
     first, resumed = sorted((resumed_runs / "tiny" / "wandb").glob(f"offline-run-*-{wandb_run_id('tiny')}/run-*.wandb"))
     assert first.name == resumed.name, "both parts of the run log to one W&B run id"
@@ -82,14 +103,35 @@ def write_pair(folder: Path, a: np.ndarray, b: np.ndarray) -> None:
 def test_predict_keeps_sizes_stems_colour_and_bit_depth(trained_run: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     pairs = tmp_path / "pairs"
-    write_pair(pairs / "IVIF" / "grey_and_rgb", rng.integers(0, 256, (37, 53), np.uint8), rng.integers(0, 256, (37, 53, 3), np.uint8))
-    write_pair(pairs / "MED" / "deep16", rng.integers(0, 65536, (45, 61), np.uint16), rng.integers(0, 65536, (45, 61), np.uint16))
-    write_pair(pairs / "MFIF" / "both_rgb", rng.integers(0, 256, (29, 70, 3), np.uint8), rng.integers(0, 256, (29, 70, 3), np.uint8))
+    write_pair(
+        pairs / "IVIF" / "grey_and_rgb",
+        rng.integers(0, 256, (37, 53), np.uint8),
+        rng.integers(0, 256, (37, 53, 3), np.uint8),
+    )
+    write_pair(
+        pairs / "MED" / "deep16",
+        rng.integers(0, 65536, (45, 61), np.uint16),
+        rng.integers(0, 65536, (45, 61), np.uint16),
+    )
+    write_pair(
+        pairs / "MFIF" / "both_rgb",
+        rng.integers(0, 256, (29, 70, 3), np.uint8),
+        rng.integers(0, 256, (29, 70, 3), np.uint8),
+    )
     output = tmp_path / "fused"
     checkpoint = trained_run / "tiny" / "checkpoints" / "last.ckpt"
     run_recipe(
-        "predict", "--config", TINY, "--run_name", "tiny", "--ckpt_path", str(checkpoint),
-        "--data.predict_pairs", f"[{pairs}]", "--output_dir", str(output),
+        "predict",
+        "--config",
+        TINY,
+        "--run_name",
+        "tiny",
+        "--ckpt_path",
+        str(checkpoint),
+        "--data.predict_pairs",
+        f"[{pairs}]",
+        "--output_dir",
+        str(output),
         runs_dir=trained_run,
     )
     grey_rgb = read_image(output / "IVIF" / "grey_and_rgb.png")
@@ -99,7 +141,9 @@ def test_predict_keeps_sizes_stems_colour_and_bit_depth(trained_run: Path, tmp_p
     assert deep.shape == (45, 61) and deep.dtype == np.uint16
     assert both.shape == (29, 70, 3)
     assert sorted(path.relative_to(output).as_posix() for path in output.rglob("*.png")) == [
-        "IVIF/grey_and_rgb.png", "MED/deep16.png", "MFIF/both_rgb.png"
+        "IVIF/grey_and_rgb.png",
+        "MED/deep16.png",
+        "MFIF/both_rgb.png",
     ]
 
 
@@ -108,15 +152,38 @@ def test_predict_options_on_the_command_line_win_over_the_checkpoint(trained_run
     # hyperparameters; the trained run saved gifnet.yaml's tiling (512) and the default branch (mfif).
     rng = np.random.default_rng(1)
     pairs = tmp_path / "pairs"
-    write_pair(pairs / "IVIF" / "p0", rng.integers(0, 256, (40, 48), np.uint8), rng.integers(0, 256, (40, 48), np.uint8))
+    write_pair(
+        pairs / "IVIF" / "p0", rng.integers(0, 256, (40, 48), np.uint8), rng.integers(0, 256, (40, 48), np.uint8)
+    )
     checkpoint = trained_run / "tiny" / "checkpoints" / "last.ckpt"
     cli = FusionCLI(
-        GIFNetModule, FusionDataModule, default_config="gifnet.yaml",
+        GIFNetModule,
+        FusionDataModule,
+        default_config="gifnet.yaml",
         args=[
-            "predict", "--config", TINY, "--runs_dir", str(trained_run), "--run_name", "tiny", "--ckpt_path", str(checkpoint),
-            "--trainer.logger", "false", "--data.predict_pairs", f"[{pairs}]", "--output_dir", str(tmp_path / "fused"),
-            "--model.predict_tile_size", "24", "--model.predict_tile_overlap", "4",
-            "--model.inference_branch", "ivif", "--model.inference_chunk_pixels", "512",
+            "predict",
+            "--config",
+            TINY,
+            "--runs_dir",
+            str(trained_run),
+            "--run_name",
+            "tiny",
+            "--ckpt_path",
+            str(checkpoint),
+            "--trainer.logger",
+            "false",
+            "--data.predict_pairs",
+            f"[{pairs}]",
+            "--output_dir",
+            str(tmp_path / "fused"),
+            "--model.predict_tile_size",
+            "24",
+            "--model.predict_tile_overlap",
+            "4",
+            "--model.inference_branch",
+            "ivif",
+            "--model.inference_chunk_pixels",
+            "512",
         ],
     )
     model = cli.model
@@ -128,9 +195,25 @@ def test_predict_options_on_the_command_line_win_over_the_checkpoint(trained_run
 def test_predict_on_a_missing_folder_names_it(trained_run: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-pairs"
     result = subprocess.run(
-        [sys.executable, "-m", "recipes.gifnet", "predict", "--config", TINY, "--run_name", "tiny",
-         "--data.predict_pairs", f"[{missing}]", "--output_dir", str(tmp_path / "out")],
-        cwd=PROJECT_ROOT, env={**os.environ, "UNIFUSE_RUNS_DIR": str(trained_run)}, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "recipes.gifnet",
+            "predict",
+            "--config",
+            TINY,
+            "--run_name",
+            "tiny",
+            "--data.predict_pairs",
+            f"[{missing}]",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "UNIFUSE_RUNS_DIR": str(trained_run)},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode != 0
     assert str(missing) in result.stderr

@@ -58,7 +58,9 @@ def test_color_comes_from_the_color_source() -> None:
     assert ycbcr_round_trip_ok.any()
     assert torch.allclose(ycbcr[:, :1][inside_gamut], fused_y[inside_gamut], atol=1e-4)
     expected_chroma = rgb_to_ycbcr(rgb)[:, 1:]
-    assert torch.allclose(ycbcr[:, 1:][inside_gamut.expand(-1, 2, -1, -1)], expected_chroma[inside_gamut.expand(-1, 2, -1, -1)], atol=1e-4)
+    assert torch.allclose(
+        ycbcr[:, 1:][inside_gamut.expand(-1, 2, -1, -1)], expected_chroma[inside_gamut.expand(-1, 2, -1, -1)], atol=1e-4
+    )
 
 
 def test_two_color_sources_follow_the_more_saturated_one() -> None:

@@ -14,15 +14,16 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from data_helpers import save_png
-from datamodules.synthesis import SYNTHETIC_KINDS, degrade_batch, random_degradations
-from test_text import one_thread  # noqa: F401  (autouse: the tiny models here run faster on one thread)
 
 from datamodules.schema import DEGRADATIONS, TASK_IDS, SampleMeta
 from datamodules.shards.writer import ShardSetWriter, encode_sample
+from datamodules.synthesis import SYNTHETIC_KINDS, degrade_batch, random_degradations
 from lightning_modules.lure import LUREModule
 from lightning_modules.networks.lure import LURENet
 from lightning_modules.text import PromptEmbeddings, TextEncoderConfig
+
+from data_helpers import save_png
+from test_text import one_thread  # noqa: F401  (autouse: the tiny models here run faster on one thread)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -30,7 +31,9 @@ TINY_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2,
 
 
 def tiny_module(**overrides: object) -> LUREModule:
-    text = TextEncoderConfig(model_name="tiny-text", random_init=True, model_config={"embed_dim": 16, "text_cfg": TINY_TEXT})
+    text = TextEncoderConfig(
+        model_name="tiny-text", random_init=True, model_config={"embed_dim": 16, "text_cfg": TINY_TEXT}
+    )
     return LUREModule(**{"channels": 8, "text_encoder": text, "warmup_steps": 1, **overrides})
 
 
@@ -39,7 +42,9 @@ def smooth_images(count: int, size: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.rand(count, 1, size // 8, size // 8, generator=generator)
     fine = torch.rand(count, 1, size // 2, size // 2, generator=generator)
-    image = 0.7 * F.interpolate(coarse, size=size, mode="bilinear") + 0.3 * F.interpolate(fine, size=size, mode="bilinear")
+    image = 0.7 * F.interpolate(coarse, size=size, mode="bilinear") + 0.3 * F.interpolate(
+        fine, size=size, mode="bilinear"
+    )
     return image.clamp(0, 1)
 
 
@@ -50,10 +55,15 @@ def restoration_batch(count: int = 4, size: int = 32) -> dict:
     degradation = torch.zeros(count, len(DEGRADATIONS))
     degradation[:, DEGRADATIONS.index("lowlight")] = 2.0
     return {
-        "a": dark, "b": torch.zeros_like(dark), "gt": clean,
-        "has_b": torch.zeros(count, dtype=torch.bool), "has_gt": torch.ones(count, dtype=torch.bool),
-        "task": torch.full((count,), TASK_IDS["restore"]), "degradation": degradation,
-        "prompt": [""] * count, "key": [f"r{i}" for i in range(count)],
+        "a": dark,
+        "b": torch.zeros_like(dark),
+        "gt": clean,
+        "has_b": torch.zeros(count, dtype=torch.bool),
+        "has_gt": torch.ones(count, dtype=torch.bool),
+        "task": torch.full((count,), TASK_IDS["restore"]),
+        "degradation": degradation,
+        "prompt": [""] * count,
+        "key": [f"r{i}" for i in range(count)],
     }
 
 
@@ -76,7 +86,9 @@ def mixed_batch(size: int = 32) -> dict:
 # ------------------------------------------------------------------------------------- network
 def test_an_untrained_network_is_the_identity_and_keeps_the_size() -> None:
     net = LURENet(channels=8, token_dim=32, pooled_dim=16)
-    text = PromptEmbeddings(torch.randn(2, 16), torch.randn(2, 5, 32), torch.tensor([[True] * 5, [True] * 3 + [False] * 2]))
+    text = PromptEmbeddings(
+        torch.randn(2, 16), torch.randn(2, 5, 32), torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    )
     image = torch.rand(2, 1, 24, 40)
     assert torch.equal(net(image, image, torch.tensor([False, False]), text), image)
     assert net.encode(image, text).shape == (2, 8, 12, 20)
@@ -93,9 +105,15 @@ def test_text_guided_attention_reads_the_tokens_not_only_the_pooled_vector() -> 
     other_tokens = tokens.clone()
     other_tokens[0, 2] = torch.randn(32)  # one word differs, the sentence vector does not
     mask = torch.ones(1, 4, dtype=torch.bool)
-    assert not torch.allclose(block(features, PromptEmbeddings(pooled, tokens, mask)), block(features, PromptEmbeddings(pooled, other_tokens, mask)))
+    assert not torch.allclose(
+        block(features, PromptEmbeddings(pooled, tokens, mask)),
+        block(features, PromptEmbeddings(pooled, other_tokens, mask)),
+    )
     mask[0, 2] = False  # a padding token has no say
-    torch.testing.assert_close(block(features, PromptEmbeddings(pooled, tokens, mask)), block(features, PromptEmbeddings(pooled, other_tokens, mask)))
+    torch.testing.assert_close(
+        block(features, PromptEmbeddings(pooled, tokens, mask)),
+        block(features, PromptEmbeddings(pooled, other_tokens, mask)),
+    )
 
 
 # ----------------------------------------------------------------------------- pseudo-degradation
@@ -105,7 +123,10 @@ def test_pseudo_degradations_grow_with_severity(kind: str) -> None:
     clean = smooth_images(2, 32, seed=2) * 0.8 + 0.1
     errors = [float((degrade_batch(clean, kind, severity) - clean).abs().mean()) for severity in (1, 2, 3)]
     assert 0 < errors[0] < errors[1] < errors[2]
-    assert all(0 <= float(degrade_batch(clean, kind, s).min()) and float(degrade_batch(clean, kind, s).max()) <= 1 for s in (1, 3))
+    assert all(
+        0 <= float(degrade_batch(clean, kind, s).min()) and float(degrade_batch(clean, kind, s).max()) <= 1
+        for s in (1, 3)
+    )
 
 
 def test_random_degradations_report_what_they_did() -> None:
@@ -169,15 +190,26 @@ def test_evaluation_prompts_prefer_the_sample_and_predict_prompt_overrides() -> 
     batch = mixed_batch()
     prompts = module.sample_prompts(batch, training=False)
     assert prompts == [
-        "image restoration; the image is dark", "brighten the image", "infrared and visible image fusion", "multi-focus image fusion"
+        "image restoration; the image is dark",
+        "brighten the image",
+        "infrared and visible image fusion",
+        "multi-focus image fusion",
     ]
-    assert tiny_module(sample_prompt_rate=0.0).sample_prompts(batch, training=False)[1] == "image restoration; the image is dark"
+    assert (
+        tiny_module(sample_prompt_rate=0.0).sample_prompts(batch, training=False)[1]
+        == "image restoration; the image is dark"
+    )
 
     seen: list[list[str]] = []
     encode = module.text_encoder.encode
     module.text_encoder.encode = lambda prompts, device="cpu": seen.append(list(prompts)) or encode(prompts, device)
-    pair = {**batch, "a_color": batch["a"].expand(-1, 3, -1, -1), "a_channels": torch.ones(4, dtype=torch.int64),
-            "b_channels": torch.ones(4, dtype=torch.int64), "bit_depth": torch.full((4,), 8)}
+    pair = {
+        **batch,
+        "a_color": batch["a"].expand(-1, 3, -1, -1),
+        "a_channels": torch.ones(4, dtype=torch.int64),
+        "b_channels": torch.ones(4, dtype=torch.int64),
+        "bit_depth": torch.full((4,), 8),
+    }
     module.predict_step(pair, 0)
     assert seen[-1] == prompts
     module.predict_prompt = "the image is very dark"
@@ -208,7 +240,9 @@ def write_tiny_training_set(root: Path) -> dict[str, Path]:
             writer.write(encode_sample(f"i{number}", {"a": picture((40, 40)), "b": picture((40, 40))}, meta))
     pairs = root / "pairs"
     clean = picture((30, 44))  # not a multiple of the network's 8: predict pads
-    save_png(pairs / "RESTORE" / "p0" / "a.png", np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8))
+    save_png(
+        pairs / "RESTORE" / "p0" / "a.png", np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
+    )
     save_png(pairs / "RESTORE" / "p0" / "gt.png", clean)
     (pairs / "RESTORE" / "p0" / "meta.json").write_text(json.dumps({"task": "restore", "degradations": ["noise:2"]}))
     save_png(pairs / "IVIF" / "p1" / "a.png", picture((36, 36)))
@@ -218,29 +252,57 @@ def write_tiny_training_set(root: Path) -> dict[str, Path]:
 
 def run_recipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, **ONE_THREAD, "WANDB_MODE": "offline", "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.run([sys.executable, "-m", "recipes.lure", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "recipes.lure", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow
 def test_both_stages_run_resume_and_the_checkpoint_predicts_without_clip_weights(tmp_path: Path) -> None:
     data = write_tiny_training_set(tmp_path / "data")
     # A tiny CLIP saved to a file: training loads the text tower from it; predict will not have it.
-    (tmp_path / "tiny-clip.json").write_text(json.dumps({
-        "embed_dim": 16, "text_cfg": TINY_TEXT,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 32, "patch_size": 16},
-    }))
+    (tmp_path / "tiny-clip.json").write_text(
+        json.dumps(
+            {
+                "embed_dim": 16,
+                "text_cfg": TINY_TEXT,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 32, "patch_size": 16},
+            }
+        )
+    )
     open_clip.add_model_config(tmp_path / "tiny-clip.json")
     weights = tmp_path / "tiny-clip.pt"
     torch.save(open_clip.create_model("tiny-clip").state_dict(), weights)
-    text_args = ["--model.text_encoder.model_name", "tiny-clip", "--model.text_encoder.random_init", "false",
-                 "--model.text_encoder.weights_file", str(weights),
-                 "--model.text_encoder.model_config", json.dumps({"embed_dim": 16, "text_cfg": TINY_TEXT})]
-    sources = json.dumps([{"urls": str(data["restore"]), "task": "restore"}, {"urls": str(data["ivif"]), "task": "ivif"}])
+    text_args = [
+        "--model.text_encoder.model_name",
+        "tiny-clip",
+        "--model.text_encoder.random_init",
+        "false",
+        "--model.text_encoder.weights_file",
+        str(weights),
+        "--model.text_encoder.model_config",
+        json.dumps({"embed_dim": 16, "text_cfg": TINY_TEXT}),
+    ]
+    sources = json.dumps(
+        [{"urls": str(data["restore"]), "task": "restore"}, {"urls": str(data["ivif"]), "task": "ivif"}]
+    )
     fit_args = [
-        "fit", "--config", str(PROJECT_ROOT / "recipes/configs/lure-tiny.yaml"), *text_args,
-        "--data.sources", sources, "--data.val_pairs", json.dumps([str(data["pairs"])]),
-        "--runs_dir", str(tmp_path / "runs"), "--run_name", "tiny",
-        "--trainer.logger", "pytorch_lightning.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "logs"),
+        "fit",
+        "--config",
+        str(PROJECT_ROOT / "tests/configs/lure-tiny.yaml"),
+        *text_args,
+        "--data.sources",
+        sources,
+        "--data.val_pairs",
+        json.dumps([str(data["pairs"])]),
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        "--run_name",
+        "tiny",
+        "--trainer.logger",
+        "pytorch_lightning.loggers.CSVLogger",
+        "--trainer.logger.save_dir",
+        str(tmp_path / "logs"),
     ]
     fit = run_recipe(*fit_args, cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
@@ -258,18 +320,42 @@ def test_both_stages_run_resume_and_the_checkpoint_predicts_without_clip_weights
     weights.unlink()  # from here on no CLIP weights exist
     config = next(tmp_path.rglob("config.yaml"))  # the run's full configuration, saved by the CLI
     predict = run_recipe(
-        "predict", "--config", str(config), "--ckpt_path", str(checkpoint), "--trainer.logger", "false",
-        "--data.predict_pairs", json.dumps([str(data["pairs"])]), "--output_dir", str(tmp_path / "out"), cwd=tmp_path,
+        "predict",
+        "--config",
+        str(config),
+        "--ckpt_path",
+        str(checkpoint),
+        "--trainer.logger",
+        "false",
+        "--data.predict_pairs",
+        json.dumps([str(data["pairs"])]),
+        "--output_dir",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
     )
     assert predict.returncode == 0, predict.stderr[-3000:]
-    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == ["IVIF/p1.png", "RESTORE/p0.png"]
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
+        "IVIF/p1.png",
+        "RESTORE/p0.png",
+    ]
 
     # --model.predict_prompt reaches the model (LightningCLI must not replace it with the checkpoint's
     # hyperparameters): a prompt never encoded needs the deleted weights, and the error says so.
     unseen = run_recipe(
-        "predict", "--config", str(config), "--ckpt_path", str(checkpoint), "--trainer.logger", "false",
-        "--data.predict_pairs", json.dumps([str(data["pairs"])]), "--output_dir", str(tmp_path / "out2"),
-        "--model.predict_prompt", "a prompt that was never encoded", cwd=tmp_path,
+        "predict",
+        "--config",
+        str(config),
+        "--ckpt_path",
+        str(checkpoint),
+        "--trainer.logger",
+        "false",
+        "--data.predict_pairs",
+        json.dumps([str(data["pairs"])]),
+        "--output_dir",
+        str(tmp_path / "out2"),
+        "--model.predict_prompt",
+        "a prompt that was never encoded",
+        cwd=tmp_path,
     )
     assert unseen.returncode != 0
     assert "not in the prompt cache" in unseen.stderr and "does not exist" in unseen.stderr

@@ -9,10 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import PROJECT_ROOT
 from scipy.ndimage import uniform_filter
 
-from lightning_modules import metrics
+from lightning_modules.metrics import reference as metrics_reference
 from lightning_modules.metrics import (
     EXTRA_METRICS,
     HIGHER_IS_BETTER,
@@ -24,6 +23,8 @@ from lightning_modules.metrics import (
     compute_metrics,
     to_grey_levels,
 )
+
+from conftest import PROJECT_ROOT
 
 BACKENDS = ["kernels", "torch"]
 
@@ -64,7 +65,7 @@ def test_matches_the_numpy_reference(reference, height, width, saturate, backend
 @pytest.mark.parametrize("chunk_pixels", [None, 1])
 def test_a_batch_equals_its_images_one_by_one(monkeypatch, chunk_pixels):
     if chunk_pixels is not None:  # one image per chunk
-        monkeypatch.setitem(metrics._CHUNK_PIXELS, "cpu", chunk_pixels)
+        monkeypatch.setitem(metrics_reference._CHUNK_PIXELS, "cpu", chunk_pixels)
     rng = np.random.default_rng(1)
     images = [[smooth_image(rng, 48, 56, saturate=i == 1) for _ in range(3)] for i in range(3)]
     batched = compute_metrics(*(as_batch(*column) for column in zip(*images)), PAIR_METRICS)
@@ -87,7 +88,11 @@ def test_the_backends_agree_on_colour_batches_of_odd_sizes():
         kernels = compute_metrics(fused, a, b, PAIR_METRICS, backend="kernels")
         plain = compute_metrics(fused, a, b, PAIR_METRICS, backend="torch")
         for name in PAIR_METRICS:
-            assert torch.allclose(kernels[name], plain[name], rtol=1e-6, atol=1e-12, equal_nan=True), (height, width, name)
+            assert torch.allclose(kernels[name], plain[name], rtol=1e-6, atol=1e-12, equal_nan=True), (
+                height,
+                width,
+                name,
+            )
 
 
 def test_grey_conversion_matches_opencv_on_float32_bgr(reference):

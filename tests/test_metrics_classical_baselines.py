@@ -5,17 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FUSION_BENCH
 from test_metrics_published import one_thread  # noqa: F401  (autouse: one torch thread)
 
 from datamodules.images import read_image
+from lightning_modules.metrics import SOURCE_METRICS, compute_metrics, to_grey_levels
 from lightning_modules.metrics.baselines import (
     BASELINES,
     average,
     choose_max,
     laplacian_pyramid,
 )
-from lightning_modules.metrics import SOURCE_METRICS, compute_metrics, to_grey_levels
+
+from conftest import FUSION_BENCH
 
 
 def test_average_and_choose_max():
@@ -57,7 +58,12 @@ def test_reproduces_the_readme_baseline_table_on_med():
         a, b = (to_grey_levels(torch.from_numpy(_chw(read_image(pair / name)))[None]) for name in ("a.png", "b.png"))
         fused = torch.cat([torch.round(fuse(a, b).clamp(0, 255)) for fuse in BASELINES.values()]).to(torch.uint8)
         count = fused.shape[0]
-        values = compute_metrics(fused, a.to(torch.uint8).expand(count, -1, -1, -1), b.to(torch.uint8).expand(count, -1, -1, -1), list(SOURCE_METRICS))
+        values = compute_metrics(
+            fused,
+            a.to(torch.uint8).expand(count, -1, -1, -1),
+            b.to(torch.uint8).expand(count, -1, -1, -1),
+            list(SOURCE_METRICS),
+        )
         for index, method in enumerate(BASELINES):
             sums[method] += np.array([float(values[name][index]) for name in SOURCE_METRICS])
     for method, expected in table.items():

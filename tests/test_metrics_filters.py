@@ -26,7 +26,10 @@ def scipy_valid(images: np.ndarray, taps: np.ndarray, stride: int) -> np.ndarray
     return out[..., half : height - half : stride, half : width - half : stride]
 
 
-@pytest.mark.parametrize(("count", "height", "width", "size", "stride"), [(3, 40, 37, 17, 1), (5, 33, 71, 9, 2), (2, 5, 3, 3, 1), (1, 18, 18, 17, 1), (4, 30, 29, 5, 2)])
+@pytest.mark.parametrize(
+    ("count", "height", "width", "size", "stride"),
+    [(3, 40, 37, 17, 1), (5, 33, 71, 9, 2), (2, 5, 3, 3, 1), (1, 18, 18, 17, 1), (4, 30, 29, 5, 2)],
+)
 def test_separable_filter_matches_scipy(count, height, width, size, stride):
     rng = np.random.default_rng(size + stride)
     images = rng.integers(0, 256, (count, height, width)).astype(np.float64)
@@ -54,7 +57,12 @@ def test_zero_padded_border_sobel_matches_a_full_zero_padded_pass():
     # inside, mirrored and zero padding agree; the border strips supply the rest
     torch.testing.assert_close(mirrored_horizontal[..., 1:-1, 1:-1], full_horizontal[..., 1:-1, 1:-1])
     strips = zero_padded_border_sobel(images)
-    regions = [(slice(0, 1), slice(None)), (slice(-1, None), slice(None)), (slice(1, -1), slice(0, 1)), (slice(1, -1), slice(-1, None))]
+    regions = [
+        (slice(0, 1), slice(None)),
+        (slice(-1, None), slice(None)),
+        (slice(1, -1), slice(0, 1)),
+        (slice(1, -1), slice(-1, None)),
+    ]
     for (horizontal, vertical), (rows, columns) in zip(strips, regions):
         torch.testing.assert_close(horizontal, full_horizontal[..., rows, columns])
         torch.testing.assert_close(vertical, full_vertical[..., rows, columns])

@@ -10,10 +10,11 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import torch
-from conftest import FUSION_BENCH, PROJECT_ROOT
 
 from datamodules.images import read_image
 from lightning_modules.metrics import EXTRA_METRICS, SOURCE_METRICS, compute_metrics
+
+from conftest import FUSION_BENCH, PROJECT_ROOT
 
 pytestmark = pytest.mark.skipif(not (FUSION_BENCH / "published").is_dir(), reason="needs ../shared/fusion-bench")
 
@@ -51,7 +52,9 @@ def test_reproduces_every_published_value(backend):
     failures = []
     for (task, pair_id), group in sorted(by_pair.items()):
         pair = FUSION_BENCH / "pairs" / task / pair_id
-        fused = torch.cat([_image(FUSION_BENCH / "published" / task / row["method"] / f"{pair_id}.png") for row in group])
+        fused = torch.cat(
+            [_image(FUSION_BENCH / "published" / task / row["method"] / f"{pair_id}.png") for row in group]
+        )
         count = fused.shape[0]
         a, b = (_image(pair / name).expand(count, -1, -1, -1) for name in ("a.png", "b.png"))
         values = compute_metrics(fused, a, b, NAMES, backend=backend)  # all methods of a pair in one batch
@@ -74,8 +77,17 @@ def test_the_numpy_reference_reproduces_published_values_too():
     assert len(chosen) == 2
     for row in chosen:
         pair = FUSION_BENCH / "pairs" / row["task"] / row["pair_id"]
-        images = [read_image(path) for path in (FUSION_BENCH / "published" / row["task"] / row["method"] / f"{row['pair_id']}.png", pair / "a.png", pair / "b.png")]
+        images = [
+            read_image(path)
+            for path in (
+                FUSION_BENCH / "published" / row["task"] / row["method"] / f"{row['pair_id']}.png",
+                pair / "a.png",
+                pair / "b.png",
+            )
+        ]
         f, a, b = (reference.reference_grey(image) for image in images)
         for name in NAMES:
-            assert reference.REFERENCE[name](f, a, b) == pytest.approx(row[EXPECTED_KEYS[name]], rel=RELATIVE_TOLERANCE), name
+            assert reference.REFERENCE[name](f, a, b) == pytest.approx(
+                row[EXPECTED_KEYS[name]], rel=RELATIVE_TOLERANCE
+            ), name
     assert np.isfinite([row["VIF"] for row in chosen]).all()

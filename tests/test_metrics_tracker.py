@@ -31,8 +31,12 @@ def make_samples(count: int = 6, size: int = 44) -> dict[str, torch.Tensor]:
 
 def update(tracker: FusionMetricTracker, samples: dict[str, torch.Tensor], index: torch.Tensor) -> None:
     tracker.update(
-        samples["fused"][index], samples["a"][index], samples["b"][index], samples["task_ids"][index],
-        gt=samples["gt"][index], has_gt=samples["has_gt"][index],
+        samples["fused"][index],
+        samples["a"][index],
+        samples["b"][index],
+        samples["task_ids"][index],
+        gt=samples["gt"][index],
+        has_gt=samples["has_gt"][index],
     )
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import random_image, write_shards
 
 from datamodules.mixture import (
     FusionDataModule,
@@ -19,6 +18,8 @@ from datamodules.mixture import (
 )
 from datamodules.schema import TASK_IDS, TASKS, SampleMeta
 from datamodules.shards.writer import ShardSetWriter, encode_sample
+
+from data_helpers import random_image, write_shards
 
 CROP = 16
 
@@ -64,7 +65,9 @@ def test_batches_mix_tasks_and_carry_the_contract(three_tasks: Path) -> None:
     assert torch.equal(batch["has_b"], ~restore) and bool(batch["has_gt"].all())
     assert torch.all(batch["b"][restore] == 0)
     noise, blur = 0, 1
-    assert torch.all(batch["degradation"][restore][:, noise] == 2) and torch.all(batch["degradation"][restore][:, blur] == 3)
+    assert torch.all(batch["degradation"][restore][:, noise] == 2) and torch.all(
+        batch["degradation"][restore][:, blur] == 3
+    )
     assert torch.all(batch["degradation"][~restore] == 0)
     assert len(batch["key"]) == 24 and "stream_stats" not in batch
 
@@ -134,7 +137,14 @@ def test_two_ranks_two_workers_resampled(three_tasks: Path) -> None:
 
 def test_uneven_shards_still_give_equal_counts(tmp_path: Path) -> None:
     write_shards(tmp_path, "ivif", "ivif", count=37, maxcount=6, seed=5)  # 6,6,6,6,6,6,1
-    module_args = dict(sources=[ShardSource(urls=str(tmp_path))], batch_size=3, crop_size=CROP, resampled=False, num_workers=2, world_size=2)
+    module_args = dict(
+        sources=[ShardSource(urls=str(tmp_path))],
+        batch_size=3,
+        crop_size=CROP,
+        resampled=False,
+        num_workers=2,
+        world_size=2,
+    )
     counts, keys = [], []
     for rank in (0, 1):
         module = FusionDataModule(rank=rank, **module_args)
@@ -149,7 +159,14 @@ def test_uneven_shards_still_give_equal_counts(tmp_path: Path) -> None:
 def test_too_few_shards_for_the_partitions_is_a_clear_error(tmp_path: Path) -> None:
     write_shards(tmp_path, "ivif", "ivif", count=6, maxcount=6)
     with pytest.raises(ValueError, match="cannot be split over 2 rank"):
-        MixtureStream([ShardSource(urls=str(tmp_path))], batch_size=2, crop_size=CROP, resampled=False, world_size=2, num_workers=2)
+        MixtureStream(
+            [ShardSource(urls=str(tmp_path))],
+            batch_size=2,
+            crop_size=CROP,
+            resampled=False,
+            world_size=2,
+            num_workers=2,
+        )
 
 
 @pytest.fixture()
@@ -166,9 +183,18 @@ def damaged(tmp_path: Path) -> tuple[Path, str]:
     return tmp_path, "ivif-00023"
 
 
-def test_corrupt_members_and_truncated_shards_are_skipped_and_counted(damaged: tuple[Path, str], caplog: pytest.LogCaptureFixture) -> None:
+def test_corrupt_members_and_truncated_shards_are_skipped_and_counted(
+    damaged: tuple[Path, str], caplog: pytest.LogCaptureFixture
+) -> None:
     root, corrupt_key = damaged
-    module = FusionDataModule(sources=[ShardSource(urls=str(root))], batch_size=2, crop_size=CROP, batches_per_epoch=6, resampled=False, num_workers=2)
+    module = FusionDataModule(
+        sources=[ShardSource(urls=str(root))],
+        batch_size=2,
+        crop_size=CROP,
+        batches_per_epoch=6,
+        resampled=False,
+        num_workers=2,
+    )
     module.setup("fit")
     loader = module.train_dataloader()
     loader.timeout = 60  # a hang fails the test instead of blocking it
@@ -193,7 +219,12 @@ def test_corrupt_members_and_truncated_shards_are_skipped_and_counted(damaged: t
 
 def test_a_source_with_nothing_readable_stops_with_its_name(tmp_path: Path) -> None:
     (tmp_path / "bad-000000.tar").write_bytes(b"this is not a tar archive" * 40)
-    stream = MixtureStream([ShardSource(urls=str(tmp_path / "bad-000000.tar"), name="broken-source")], batch_size=2, crop_size=CROP, batches_per_epoch=1)
+    stream = MixtureStream(
+        [ShardSource(urls=str(tmp_path / "bad-000000.tar"), name="broken-source")],
+        batch_size=2,
+        crop_size=CROP,
+        batches_per_epoch=1,
+    )
     with pytest.raises(RuntimeError, match="broken-source"):
         next(iter(StreamLoader(stream)))
 
@@ -202,13 +233,21 @@ def test_a_partition_with_nothing_readable_stops_instead_of_looping(tmp_path: Pa
     write_shards(tmp_path, "ivif", "ivif", count=4, maxcount=2)
     for shard in tmp_path.glob("*.tar"):
         shard.write_bytes(b"garbage" * 100)
-    stream = MixtureStream([ShardSource(urls=str(tmp_path))], batch_size=2, crop_size=CROP, batches_per_epoch=1, resampled=False)
+    stream = MixtureStream(
+        [ShardSource(urls=str(tmp_path))], batch_size=2, crop_size=CROP, batches_per_epoch=1, resampled=False
+    )
     with pytest.raises(RuntimeError, match="nothing readable in its share"):
         next(iter(StreamLoader(stream)))
 
 
 def test_declared_task_must_match_the_index(three_tasks: Path) -> None:
-    module = FusionDataModule(sources=[ShardSource(urls=str(three_tasks / "ivif-000000.tar"), task="mfif")], batch_size=2, crop_size=CROP, batches_per_epoch=2, num_workers=0)
+    module = FusionDataModule(
+        sources=[ShardSource(urls=str(three_tasks / "ivif-000000.tar"), task="mfif")],
+        batch_size=2,
+        crop_size=CROP,
+        batches_per_epoch=2,
+        num_workers=0,
+    )
     with pytest.raises(ValueError, match="declared as task mfif"):
         module.setup("fit")
 
@@ -217,7 +256,13 @@ def test_small_images_are_enlarged_to_the_crop(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     with ShardSetWriter(tmp_path, "meif", maxcount=4) as writer:
         for number in range(4):
-            writer.write(encode_sample(f"s{number}", {"a": random_image(rng, 9, 12), "b": random_image(rng, 9, 12)}, SampleMeta(task="meif")))
+            writer.write(
+                encode_sample(
+                    f"s{number}",
+                    {"a": random_image(rng, 9, 12), "b": random_image(rng, 9, 12)},
+                    SampleMeta(task="meif"),
+                )
+            )
     stream = MixtureStream([ShardSource(urls=str(tmp_path))], batch_size=4, crop_size=CROP, batches_per_epoch=1)
     batch = next(iter(StreamLoader(stream)))
     assert batch["a"].shape == (4, 1, CROP, CROP) and not bool(batch["has_gt"].any())
@@ -225,6 +270,7 @@ def test_small_images_are_enlarged_to_the_crop(tmp_path: Path) -> None:
 
 def test_fit_with_lightning(three_tasks: Path, tmp_path: Path) -> None:
     import pytorch_lightning as pl
+
     from data_helpers import save_png
 
     rng = np.random.default_rng(0)
@@ -251,10 +297,25 @@ def test_fit_with_lightning(three_tasks: Path, tmp_path: Path) -> None:
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     model = Tiny()
-    data = FusionDataModule(sources=_sources(three_tasks), batch_size=4, crop_size=CROP, batches_per_epoch=3, num_workers=2,
-                             val_pairs=[str(tmp_path / "val")], eval_workers=0)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    data = FusionDataModule(
+        sources=_sources(three_tasks),
+        batch_size=4,
+        crop_size=CROP,
+        batches_per_epoch=3,
+        num_workers=2,
+        val_pairs=[str(tmp_path / "val")],
+        eval_workers=0,
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=data)
     assert model.train_batches == 6
     assert sorted(set(model.val_keys)) == ["IVIF/p1", "IVIF/p2"]

@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FUSION_BENCH
-from data_helpers import random_image, save_png
 
 from datamodules import demo, images
 from datamodules.images import ImageError
@@ -18,6 +16,9 @@ from datamodules.pairs import PairFolderDataset
 from datamodules.schema import TASK_IDS, collate
 from datamodules.shards.verify import verify
 from datamodules.shards.writer import read_index
+
+from conftest import FUSION_BENCH
+from data_helpers import random_image, save_png
 
 
 @pytest.mark.skipif(not (FUSION_BENCH / "pairs").is_dir(), reason="needs ../shared/fusion-bench")
@@ -33,7 +34,9 @@ def test_fusion_bench_layout_reads_as_it_is() -> None:
     assert item["a"].shape == (1, height, width) and item["b_color"].shape == (3, height, width)
     assert item["task"] == TASK_IDS["med"] and item["b_channels"] == 3 and item["a_channels"] == row["a_channels"]
     batch = collate([item])
-    assert batch["has_b"].tolist() == [True] and batch["has_gt"].tolist() == [False] and batch["bit_depth"].tolist() == [8]
+    assert (
+        batch["has_b"].tolist() == [True] and batch["has_gt"].tolist() == [False] and batch["bit_depth"].tolist() == [8]
+    )
 
 
 def test_pair_layouts_meta_and_16_bit(tmp_path: Path) -> None:
@@ -41,7 +44,9 @@ def test_pair_layouts_meta_and_16_bit(tmp_path: Path) -> None:
     a16 = random_image(rng, 10, 12, 1, 16)
     save_png(tmp_path / "flat" / "p1" / "a.png", a16)
     save_png(tmp_path / "flat" / "p1" / "gt.png", random_image(rng, 10, 12, 3, 16))
-    (tmp_path / "flat" / "p1" / "meta.json").write_text(json.dumps({"task": "restore", "degradations": ["haze:3"], "prompt": "dehaze"}))
+    (tmp_path / "flat" / "p1" / "meta.json").write_text(
+        json.dumps({"task": "restore", "degradations": ["haze:3"], "prompt": "dehaze"})
+    )
     item = PairFolderDataset(tmp_path / "flat")[0]
     assert item["bit_depth"] == 16 and item["b"] is None and item["degradation"][3] == 3 and item["prompt"] == "dehaze"
     assert torch.allclose(item["a"][0], torch.from_numpy(a16.astype(np.float32) / 65535))
@@ -65,7 +70,9 @@ def test_empty_pair_folder_says_which_layouts_it_expects(tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "demo"
-    return demo.build_demo(root, progress=False, train_photos=("motorcycle_left.png", "camera.png"), val_photos=("coffee.png",))
+    return demo.build_demo(
+        root, progress=False, train_photos=("motorcycle_left.png", "camera.png"), val_photos=("coffee.png",)
+    )
 
 
 def test_demo_set_has_every_task_with_tags(small_demo: Path) -> None:
@@ -92,7 +99,10 @@ def test_demo_samples_are_what_they_claim(small_demo: Path) -> None:
             seen.add(meta.task)
             if meta.task == "mfif":  # each focus image is sharper than the other somewhere, never sharper than gt
                 assert meta.source.endswith(("depth-defocus", "mask-defocus"))
-                assert np.abs(arrays["a"] - arrays["gt"]).mean() > 0.002 and np.abs(arrays["b"] - arrays["gt"]).mean() > 0.002
+                assert (
+                    np.abs(arrays["a"] - arrays["gt"]).mean() > 0.002
+                    and np.abs(arrays["b"] - arrays["gt"]).mean() > 0.002
+                )
             if meta.task == "meif":
                 assert arrays["a"].mean() < arrays["gt"].mean() < arrays["b"].mean()
             if meta.task == "ivif":
@@ -101,7 +111,12 @@ def test_demo_samples_are_what_they_claim(small_demo: Path) -> None:
                 assert len(meta.degradations) == 1 and "b" not in arrays
                 assert np.abs(arrays["a"] - arrays["gt"]).mean() > 0.002
     assert seen == {"ivif", "meif", "mfif", "restore"}
-    assert "depth-defocus" in {meta.source.rsplit("/", 1)[1] for meta in [parse_sample(r)[0] for r in iter_shard(str(small_demo / "train" / "mfif-000000.tar"), StreamStats())]}
+    assert "depth-defocus" in {
+        meta.source.rsplit("/", 1)[1]
+        for meta in [
+            parse_sample(r)[0] for r in iter_shard(str(small_demo / "train" / "mfif-000000.tar"), StreamStats())
+        ]
+    }
 
 
 def test_demo_validation_split_is_held_out(small_demo: Path) -> None:

@@ -1,4 +1,4 @@
-"""Every YAML shipped in recipes/configs parses against the code it configures."""
+"""Every YAML in recipes/configs (what users run) and tests/configs (what tests run) parses against its code."""
 
 from __future__ import annotations
 
@@ -21,11 +21,15 @@ def recipe_of(config: Path) -> str:
     raise AssertionError(f"{config.name} matches no recipe in {RECIPES}; name configs <recipe>[-variant].yaml")
 
 
-TRAINER_CONFIGS = sorted(path for path in CONFIG_DIR.glob("*.yaml") if path.name not in DATA_TABLES)
+TEST_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+TRAINER_CONFIGS = sorted(
+    path for folder in (CONFIG_DIR, TEST_CONFIG_DIR) for path in folder.glob("*.yaml") if path.name not in DATA_TABLES
+)
 
 
 def test_configs_are_shipped() -> None:
-    assert {"gifnet", "gifnet-fast", "gifnet-tiny"} <= {path.stem for path in TRAINER_CONFIGS}
+    assert {"gifnet", "gifnet-fast", "lure", "lure-cpu"} <= {path.stem for path in CONFIG_DIR.glob("*.yaml")}
+    assert {"gifnet-tiny", "lure-tiny"} <= {path.stem for path in TEST_CONFIG_DIR.glob("*.yaml")}
 
 
 @pytest.mark.parametrize("config", TRAINER_CONFIGS, ids=lambda path: path.name)
@@ -39,9 +43,9 @@ def test_config_parses_against_the_recipe(config: Path, capsys: pytest.CaptureFi
     for section, values in shipped.items():
         if isinstance(values, dict):
             for key in values:
-                assert key in (printed[section].get("init_args", printed[section]) if isinstance(printed[section], dict) else {}), (
-                    f"{config.name}: {section}.{key} did not reach the parsed config"
-                )
+                assert key in (
+                    printed[section].get("init_args", printed[section]) if isinstance(printed[section], dict) else {}
+                ), f"{config.name}: {section}.{key} did not reach the parsed config"
 
 
 def test_a_typo_in_a_config_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from data_helpers import random_image, save_png, write_shards
 from PIL import Image
 
 from datamodules import images
@@ -21,6 +20,8 @@ from datamodules.shards.stream import StreamStats, expand_urls
 from datamodules.shards.tar import ShardError, iter_shard, iter_tar, parse_sample
 from datamodules.shards.verify import inspect
 from datamodules.shards.writer import read_index
+
+from data_helpers import random_image, save_png, write_shards
 
 
 def _read_back(out: Path) -> dict[str, tuple[dict, dict[str, bytes]]]:
@@ -49,7 +50,16 @@ def test_round_trip_is_bit_exact(tmp_path: Path, depth: int, channels: int, leve
         save_png(tmp_path / "b" / f"{stem}.png", b)
         originals[stem] = (a, b)
 
-    build_from_folders(tmp_path / "out", a=tmp_path / "a", b=tmp_path / "b", task="ivif", maxcount=2, level=level, workers=1, progress=False)
+    build_from_folders(
+        tmp_path / "out",
+        a=tmp_path / "a",
+        b=tmp_path / "b",
+        task="ivif",
+        maxcount=2,
+        level=level,
+        workers=1,
+        progress=False,
+    )
     samples = _read_back(tmp_path / "out")
     assert len(samples) == 5
     for stem, (a, b) in originals.items():
@@ -81,7 +91,7 @@ def test_jpeg_and_tiff_sources_are_kept_exactly(tmp_path: Path) -> None:
     (tmp_path / "grey16.tif").rename(tmp_path / "a" / "x.tif")
     (tmp_path / "rgb8.jpg").rename(tmp_path / "b" / "x.jpg")
     build_from_folders(tmp_path / "out", a=tmp_path / "a", b=tmp_path / "b", task="nir", workers=1, progress=False)
-    (_, members), = _read_back(tmp_path / "out").values()
+    ((_, members),) = _read_back(tmp_path / "out").values()
     assert np.array_equal(images.decode_png(members["a"]), grey16)
     assert np.array_equal(images.decode_png(members["b"]), decoded_jpeg)
 
@@ -92,13 +102,54 @@ def test_index_counts_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture)
         save_png(tmp_path / "low" / f"{number}.png", random_image(rng, 20, 20, 3))
         save_png(tmp_path / "clean" / f"{number}.png", random_image(rng, 20, 20, 3))
     out = tmp_path / "out"
-    assert shards_main(["build", str(out), "--a", str(tmp_path / "low"), "--gt", str(tmp_path / "clean"), "--task", "restore",
-                        "--degradation", "lowlight:2", "--degradation", "noise", "--maxcount", "3", "--quiet", "--workers", "1"]) == 0
+    assert (
+        shards_main(
+            [
+                "build",
+                str(out),
+                "--a",
+                str(tmp_path / "low"),
+                "--gt",
+                str(tmp_path / "clean"),
+                "--task",
+                "restore",
+                "--degradation",
+                "lowlight:2",
+                "--degradation",
+                "noise",
+                "--maxcount",
+                "3",
+                "--quiet",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     for number in range(4):
         save_png(tmp_path / "ir" / f"{number}.png", random_image(rng, 20, 20))
         save_png(tmp_path / "vi" / f"{number}.png", random_image(rng, 20, 20, 3))
-    assert shards_main(["build", str(out), "--a", str(tmp_path / "ir"), "--b", str(tmp_path / "vi"), "--task", "ivif",
-                        "--synthetic", "--maxsize", "5K", "--quiet", "--workers", "1"]) == 0
+    assert (
+        shards_main(
+            [
+                "build",
+                str(out),
+                "--a",
+                str(tmp_path / "ir"),
+                "--b",
+                str(tmp_path / "vi"),
+                "--task",
+                "ivif",
+                "--synthetic",
+                "--maxsize",
+                "5K",
+                "--quiet",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     index = read_index(out)
     by_name = {shard["name"]: shard for shard in index["shards"]}
     assert [by_name[f"restore-{n:06d}.tar"]["samples"] for n in range(3)] == [3, 3, 1]
@@ -130,7 +181,9 @@ def test_one_sided_stems_are_named(tmp_path: Path) -> None:
     for stem in ("00", "02", "03"):
         save_png(tmp_path / "vi" / f"{stem}.png", random_image(rng, 8, 8))
     with pytest.raises(ImageError) as caught:
-        build_from_folders(tmp_path / "out", a=tmp_path / "ir", b=tmp_path / "vi", task="ivif", workers=1, progress=False)
+        build_from_folders(
+            tmp_path / "out", a=tmp_path / "ir", b=tmp_path / "vi", task="ivif", workers=1, progress=False
+        )
     message = str(caught.value)
     assert "2 stem(s) present on one side only" in message
     assert str(tmp_path / "ir" / "01.png") in message and str(tmp_path / "vi" / "03.png") in message
@@ -149,11 +202,30 @@ def test_size_mismatch_is_named_and_resize_aligns(tmp_path: Path) -> None:
     assert f"{tmp_path / 'a' / 'odd.png'} is 16x16" in message and f"{tmp_path / 'b' / 'odd.png'} is 20x24" in message
     assert "--resize" in message
     assert not list((tmp_path / "out").glob("*.tar"))
-    build_from_folders(tmp_path / "out", a=tmp_path / "a", b=tmp_path / "b", task="mfif", resize="a", workers=1, progress=False)
+    build_from_folders(
+        tmp_path / "out", a=tmp_path / "a", b=tmp_path / "b", task="mfif", resize="a", workers=1, progress=False
+    )
     for _, members in _read_back(tmp_path / "out").values():
         assert images.decode_png(members["b"]).shape == (16, 16)
     # the command line reports the same error and exits non-zero
-    assert shards_main(["build", str(tmp_path / "cli"), "--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--task", "mfif", "--quiet", "--workers", "1"]) == 2
+    assert (
+        shards_main(
+            [
+                "build",
+                str(tmp_path / "cli"),
+                "--a",
+                str(tmp_path / "a"),
+                "--b",
+                str(tmp_path / "b"),
+                "--task",
+                "mfif",
+                "--quiet",
+                "--workers",
+                "1",
+            ]
+        )
+        == 2
+    )
 
 
 def test_unreadable_image_is_named(tmp_path: Path) -> None:

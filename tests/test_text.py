@@ -16,7 +16,11 @@ from lightning_modules.prompts import DEFAULT_PROMPT_TABLE, PromptTable
 from lightning_modules.text import PromptEncoder, TextEncoderConfig, TextWeightsUnavailable, _find_weights
 
 TINY_TEXT = {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
-TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 32, "patch_size": 16}, "text_cfg": TINY_TEXT}
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 32, "patch_size": 16},
+    "text_cfg": TINY_TEXT,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +33,11 @@ def one_thread():
 
 
 def tiny_config(**overrides: object) -> TextEncoderConfig:
-    settings = {"model_name": "tiny-text", "random_init": True, "model_config": {"embed_dim": 16, "text_cfg": TINY_TEXT}}
+    settings = {
+        "model_name": "tiny-text",
+        "random_init": True,
+        "model_config": {"embed_dim": 16, "text_cfg": TINY_TEXT},
+    }
     return TextEncoderConfig(**{**settings, **overrides})
 
 
@@ -86,7 +94,9 @@ def tiny_clip_weights(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
     return weights, clip
 
 
-def test_weights_file_loads_the_text_tower_of_a_clip_checkpoint(tiny_clip_weights: tuple[Path, torch.nn.Module]) -> None:
+def test_weights_file_loads_the_text_tower_of_a_clip_checkpoint(
+    tiny_clip_weights: tuple[Path, torch.nn.Module],
+) -> None:
     weights, clip = tiny_clip_weights
     encoder = PromptEncoder(TextEncoderConfig(model_name="tiny-clip", pretrained=None, weights_file=str(weights)))
     prompts = ["the visible image is very dark", "multi-focus image fusion"]
@@ -121,7 +131,9 @@ def test_a_tag_is_found_in_the_local_hub_cache_only(tmp_path: Path) -> None:
     assert _find_weights(config) == snapshot / "open_clip_model.safetensors"
 
 
-def test_the_cache_survives_a_checkpoint_without_weights(tmp_path: Path, tiny_clip_weights: tuple[Path, torch.nn.Module]) -> None:
+def test_the_cache_survives_a_checkpoint_without_weights(
+    tmp_path: Path, tiny_clip_weights: tuple[Path, torch.nn.Module]
+) -> None:
     weights, _ = tiny_clip_weights
     config = TextEncoderConfig(model_name="tiny-clip", pretrained=None, weights_file=str(weights))
     trained = PromptEncoder(config)
@@ -134,7 +146,9 @@ def test_the_cache_survives_a_checkpoint_without_weights(tmp_path: Path, tiny_cl
     fresh.load_cache_state(torch.load(path, weights_only=True))
     restored = fresh.encode(["image restoration", "remove the haze"])
     torch.testing.assert_close(restored.pooled, reference.pooled.flip(0))
-    torch.testing.assert_close(restored.tokens[1, : reference.token_mask[0].sum()], reference.tokens[0, : reference.token_mask[0].sum()])
+    torch.testing.assert_close(
+        restored.tokens[1, : reference.token_mask[0].sum()], reference.tokens[0, : reference.token_mask[0].sum()]
+    )
     with pytest.raises(TextWeightsUnavailable, match="not in the prompt cache.*does not exist"):
         fresh.encode(["a prompt never seen"])
 
@@ -163,7 +177,9 @@ def test_prompts_follow_task_degradation_and_severity() -> None:
     assert table.prompt("ivif", severities) == "infrared and visible image fusion; the visible image is very dark"
     assert table.prompt("restore", severities) == "image restoration; the image is very dark"
     severities[DEGRADATIONS.index("noise")] = 1.0
-    assert table.prompt("restore", severities) == "image restoration; the image has slight noise; the image is very dark"
+    assert (
+        table.prompt("restore", severities) == "image restoration; the image has slight noise; the image is very dark"
+    )
     assert table.prompt("mfif", [0.0] * len(DEGRADATIONS)) == "multi-focus image fusion"
 
 
@@ -174,7 +190,9 @@ def test_training_draws_paraphrases_evaluation_takes_the_first() -> None:
     rng = random.Random(0)
     drawn = {table.prompt("ivif", severities, rng) for _ in range(200)}
     assert len(drawn) == len(table.tasks["ivif"]) * len(table.phrase_options("ivif", "haze", 2))
-    assert {table.prompt("ivif", severities) for _ in range(5)} == {"infrared and visible image fusion; the visible image is hazy"}
+    assert {table.prompt("ivif", severities) for _ in range(5)} == {
+        "infrared and visible image fusion; the visible image is hazy"
+    }
 
 
 def _write_table(path: Path, mutate) -> Path:
@@ -190,7 +208,10 @@ def _write_table(path: Path, mutate) -> Path:
         (lambda r: r["tasks"].pop("nir"), r"tasks\.nir"),
         (lambda r: r["tasks"].update(sonar=["x"]), "unknown task"),
         (lambda r: r["degradations"]["default"].pop("rain"), "missing degradation kind"),
-        (lambda r: r["degradations"]["default"]["noise"].pop(3), r"default\.noise must give phrases for every severity"),
+        (
+            lambda r: r["degradations"]["default"]["noise"].pop(3),
+            r"default\.noise must give phrases for every severity",
+        ),
         (lambda r: r["degradations"]["ivif"].update(smoke={1: ["a"], 2: ["b"], 3: ["c"]}), "unknown degradation kind"),
         (lambda r: r["degradations"]["default"]["blur"].update({2: []}), r"default\.blur\.2"),
         (lambda r: r["degradations"].update(sonar={}), "neither 'default' nor a task"),

@@ -13,8 +13,9 @@ import dataclasses
 import multiprocessing
 import os
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from datamodules import images
 from datamodules.images import ImageError
@@ -36,7 +37,9 @@ def _encode_pair(job: _PairJob) -> tuple[str, dict[str, bytes] | None, str | Non
     try:
         arrays = {role: images.read_image(path) for role, path in job.paths.items()}
         arrays = images.same_size(arrays, job.paths, job.resize)
-        meta = dataclasses.replace(job.meta, source=f"{job.meta.source}/{job.paths['a'].stem}" if job.meta.source else job.paths["a"].stem)
+        meta = dataclasses.replace(
+            job.meta, source=f"{job.meta.source}/{job.paths['a'].stem}" if job.meta.source else job.paths["a"].stem
+        )
         return job.key, encode_sample(job.key, arrays, meta, job.level), None
     except (ImageError, ValueError) as error:
         return job.key, None, str(error)

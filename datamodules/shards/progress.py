@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def progress_bar(iterable: Iterable, total: int | None, desc: str, enabled: bool = True):

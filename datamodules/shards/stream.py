@@ -1,11 +1,11 @@
-"""Where a stream's shards are and what it read: URL expansion, per-shard counts, :class:`StreamStats`.
-"""
+"""Where a stream's shards are and what it read: URL expansion, per-shard counts, :class:`StreamStats`."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import braceexpand
 
@@ -74,7 +74,7 @@ class StreamStats:
         if len(self.messages) < self.max_messages:
             self.messages.append(message)
 
-    def add(self, other: "StreamStats") -> None:
+    def add(self, other: StreamStats) -> None:
         self.samples += other.samples
         self.skipped_samples += other.skipped_samples
         self.broken_shards += other.broken_shards
@@ -90,11 +90,14 @@ class StreamStats:
         }
 
     @classmethod
-    def from_dict(cls, record: Mapping[str, Any]) -> "StreamStats":
+    def from_dict(cls, record: Mapping[str, Any]) -> StreamStats:
         return cls(record["samples"], record["skipped_samples"], record["broken_shards"], list(record["messages"]))
 
     def summary(self) -> str:
-        text = f"{self.samples} samples read, {self.skipped_samples} corrupt samples skipped, {self.broken_shards} broken shards"
+        text = (
+            f"{self.samples} samples read, {self.skipped_samples} corrupt samples skipped, "
+            f"{self.broken_shards} broken shards"
+        )
         if self.messages:
             text += "; first problems:\n  " + "\n  ".join(self.messages)
         return text

@@ -7,7 +7,8 @@ never fatal, so one bad file cannot stop (or hang) a multi-node job.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from datamodules.schema import IMAGE_MEMBERS, SampleMeta
 from datamodules.shards.stream import StreamStats

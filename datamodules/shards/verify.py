@@ -1,11 +1,11 @@
-"""Inspecting and verifying shard sets: per-task totals from the index, and a full decode of every member.
-"""
+"""Inspecting and verifying shard sets: per-task totals from the index, and a full decode of every member."""
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from datamodules import images
 from datamodules.images import ImageError
@@ -28,7 +28,9 @@ def format_totals(totals: Mapping[str, Any]) -> str:
         by_kind[tag.split(":")[0]] += count
     lines.append("per degradation (kind: total = by severity):" if by_kind else "per degradation: none")
     for kind, count in sorted(by_kind.items()):
-        severities = ", ".join(f"{tag.split(':')[1]}: {n}" for tag, n in totals["degradations"].items() if tag.split(":")[0] == kind)
+        severities = ", ".join(
+            f"{tag.split(':')[1]}: {n}" for tag, n in totals["degradations"].items() if tag.split(":")[0] == kind
+        )
         lines.append(f"  {kind:<10} {count:>8}  ({severities})")
     return "\n".join(lines)
 

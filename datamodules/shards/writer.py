@@ -12,8 +12,9 @@ import io
 import json
 import re
 import tarfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class ShardSetWriter:
         for old in self.out_dir.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
             old.unlink()
 
-    def __enter__(self) -> "ShardSetWriter":
+    def __enter__(self) -> ShardSetWriter:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
@@ -185,7 +186,9 @@ def read_index(folder: str | Path) -> dict[str, Any]:
     try:
         index = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no shard index; build the shards with `python -m datamodules.shards build`") from None
+        raise FileNotFoundError(
+            f"{path}: no shard index; build the shards with `python -m datamodules.shards build`"
+        ) from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not a valid index ({error})") from None
     if index.get("format") != INDEX_FORMAT:

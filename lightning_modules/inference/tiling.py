@@ -8,7 +8,7 @@ weights that fall to zero towards the borders two tiles share, so no seam surviv
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,9 @@ import torch.nn.functional as F
 FuseFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def fuse_padded(fuse: FuseFunction, a: torch.Tensor, b: torch.Tensor, task: torch.Tensor, multiple: int) -> torch.Tensor:
+def fuse_padded(
+    fuse: FuseFunction, a: torch.Tensor, b: torch.Tensor, task: torch.Tensor, multiple: int
+) -> torch.Tensor:
     """Fuse (B, 1, H, W) inputs of any size: reflect-pad to ``multiple``, fuse, crop back."""
     height, width = a.shape[-2:]
     pad_bottom, pad_right = -height % multiple, -width % multiple
@@ -75,9 +77,10 @@ def fuse_in_tiles(
             bottom, right = min(top + tile_size, height), min(left + tile_size, width)
             window = (slice(None), slice(None), slice(top, bottom), slice(left, right))
             tile = fuse_padded(fuse, a[window], b[window], task, multiple)
-            weights = _ramp(bottom - top, overlap, top > 0, bottom < height, a.device)[:, None] * _ramp(
-                right - left, overlap, left > 0, right < width, a.device
-            )[None, :]
+            weights = (
+                _ramp(bottom - top, overlap, top > 0, bottom < height, a.device)[:, None]
+                * _ramp(right - left, overlap, left > 0, right < width, a.device)[None, :]
+            )
             fused_sum[window] += tile * weights
             weight_sum[window[2:]] += weights
     return fused_sum / weight_sum

@@ -7,7 +7,7 @@ images of any value range and returns the fused image in the same range, on thei
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,9 @@ def laplacian_pyramid(a: Tensor, b: Tensor, levels: int = 4) -> Tensor:
     use as many as fit (a level keeps at least 2 pixels per side).
     """
     if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 1:
-        raise ValueError(f"expected two (B, 1, H, W) grey images of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"expected two (B, 1, H, W) grey images of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if levels < 1:
         raise ValueError(f"levels must be at least 1, got {levels}")
     details: list[Tensor] = []

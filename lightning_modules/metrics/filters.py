@@ -66,7 +66,9 @@ class SeparableFilter:
     Write the maps into :meth:`inputs` (a view into a zero-padded buffer), then :meth:`run`.
     """
 
-    def __init__(self, count: int, height: int, width: int, size: int, stride: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, count: int, height: int, width: int, size: int, stride: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
         self.count, self.height, self.width, self.size, self.stride = count, height, width, size, stride
         self.step = stride * BLOCK
         self.span = stride * (BLOCK - 1) + size

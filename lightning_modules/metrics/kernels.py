@@ -71,8 +71,8 @@ def vif_scale_sums(a: np.ndarray, b: np.ndarray, f: np.ndarray, taps: np.ndarray
     ``taps`` must be symmetric (VIF's Gaussian windows are, to the bit): the filters use it.
     """
     size = taps.shape[0]
-    height, width = a.shape
-    out_height, out_width = height - size + 1, width - size + 1
+    height = a.shape[0]
+    out_height = height - size + 1
     tasks = (out_height + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     partial = np.zeros((tasks, 4))
     for task in numba.prange(tasks):
@@ -105,7 +105,15 @@ def _vif_rows(a: np.ndarray, b: np.ndarray, f: np.ndarray, taps: np.ndarray, fir
             _weighted_rows(columns[m], ring, m, i, taps)
             _weighted_shifts(moments[m], columns[m], taps)
         for source in range(2):
-            _vif_terms(moments[source], moments[2], moments[3 + source], moments[5], moments[6 + source], terms[source], terms[2 + source])
+            _vif_terms(
+                moments[source],
+                moments[2],
+                moments[3 + source],
+                moments[5],
+                moments[6 + source],
+                terms[source],
+                terms[2 + source],
+            )
         for m in range(4):
             for start in range(0, out_width, _LOG_EVERY):
                 product = 1.0
@@ -167,8 +175,13 @@ def _weighted_shifts(out: np.ndarray, row: np.ndarray, taps: np.ndarray) -> None
 
 @numba.njit(error_model="numpy", cache=True, fastmath=_VIF_FASTMATH)
 def _vif_terms(
-    mean_ref: np.ndarray, mean_f: np.ndarray, mean_ref_sq: np.ndarray, mean_f_sq: np.ndarray, mean_cross: np.ndarray,
-    information: np.ndarray, reference: np.ndarray,
+    mean_ref: np.ndarray,
+    mean_f: np.ndarray,
+    mean_ref_sq: np.ndarray,
+    mean_f_sq: np.ndarray,
+    mean_cross: np.ndarray,
+    information: np.ndarray,
+    reference: np.ndarray,
 ) -> None:
     """Per pixel of a row: the reference's (1 + g^2 sigma1^2 / (sv^2 + sigma_nsq)) and (1 + sigma1^2 / sigma_nsq)
     from the local moments, with its masking sequence in its order."""
@@ -250,7 +263,16 @@ def _ssim_rows(x: np.ndarray, ys: np.ndarray, c1: np.ndarray, c2: np.ndarray, fi
             for j in range(out_width):
                 mean[j] = np.float32(row_sums[j] / _WINDOW)
         for source in range(sources):
-            _ssim_row(means[0], means[1], means[2 + 3 * source], means[3 + 3 * source], means[4 + 3 * source], c1, c2, totals[source])
+            _ssim_row(
+                means[0],
+                means[1],
+                means[2 + 3 * source],
+                means[3 + 3 * source],
+                means[4 + 3 * source],
+                c1,
+                c2,
+                totals[source],
+            )
     return totals.sum(axis=2)
 
 
@@ -264,7 +286,12 @@ def _add_row(column_sums: np.ndarray, x: np.ndarray, ys: np.ndarray, sign: np.fl
     for j in range(width):
         second[j] += sign * (x[j] * x[j])
     for source in range(ys.shape[0]):
-        y, mean_y, mean_yy, mean_xy = ys[source], column_sums[2 + 3 * source], column_sums[3 + 3 * source], column_sums[4 + 3 * source]
+        y, mean_y, mean_yy, mean_xy = (
+            ys[source],
+            column_sums[2 + 3 * source],
+            column_sums[3 + 3 * source],
+            column_sums[4 + 3 * source],
+        )
         for j in range(width):
             mean_y[j] += sign * y[j]
         for j in range(width):
@@ -275,8 +302,14 @@ def _add_row(column_sums: np.ndarray, x: np.ndarray, ys: np.ndarray, sign: np.fl
 
 @numba.njit(error_model="numpy", cache=True)
 def _ssim_row(
-    mean_x: np.ndarray, mean_xx: np.ndarray, mean_y: np.ndarray, mean_yy: np.ndarray, mean_xy: np.ndarray,
-    c1: np.ndarray, c2: np.ndarray, totals: np.ndarray,
+    mean_x: np.ndarray,
+    mean_xx: np.ndarray,
+    mean_y: np.ndarray,
+    mean_yy: np.ndarray,
+    mean_xy: np.ndarray,
+    c1: np.ndarray,
+    c2: np.ndarray,
+    totals: np.ndarray,
 ) -> None:
     """totals[r, j] += SSIM at the row's pixels for data range r, from float32 local means."""
     for r in range(c1.shape[0]):
@@ -311,7 +344,11 @@ def _atan(x: np.float32) -> np.float32:
     +-inf gives +-pi/2 and NaN stays NaN, as atanf."""
     magnitude = abs(x)
     large, medium = magnitude > _TAN_3PI_8, magnitude > _TAN_PI_8
-    reduced = -_F32(1.0) / magnitude if large else ((magnitude - _F32(1.0)) / (magnitude + _F32(1.0)) if medium else magnitude)
+    reduced = (
+        -_F32(1.0) / magnitude
+        if large
+        else ((magnitude - _F32(1.0)) / (magnitude + _F32(1.0)) if medium else magnitude)
+    )
     offset = _HALF_PI32 if large else (_QUARTER_PI32 if medium else _F32(0.0))
     z = reduced * reduced
     c0, c1, c2, c3 = _ATAN_COEFFICIENTS
@@ -321,7 +358,10 @@ def _atan(x: np.float32) -> np.float32:
 
 _LOG2E32 = _F32(1.4426950408889634)
 _LN2_HIGH32, _LN2_LOW32 = _F32(0.693359375), _F32(-2.12194440e-4)
-_EXP_COEFFICIENTS = tuple(_F32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+_EXP_COEFFICIENTS = tuple(
+    _F32(c)
+    for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+)
 
 
 @numba.njit(error_model="numpy", cache=True)
@@ -397,16 +437,22 @@ def _edge_rows(levels: np.ndarray, first: int, last: int) -> np.ndarray:
 
 
 @numba.njit(error_model="numpy", cache=True, inline="always")
-def _sobel_at(up: np.ndarray, middle: np.ndarray, down: np.ndarray, left: int, j: int, right: int) -> tuple[np.float32, np.float32]:
+def _sobel_at(
+    up: np.ndarray, middle: np.ndarray, down: np.ndarray, left: int, j: int, right: int
+) -> tuple[np.float32, np.float32]:
     """Sobel responses (right minus left, top minus bottom) at column j of a row from its three image
     rows, reading columns ``left`` and ``right`` beside it. Integer levels: exact in float32."""
-    horizontal = (up[right] + _F32(2.0) * middle[right] + down[right]) - (up[left] + _F32(2.0) * middle[left] + down[left])
+    horizontal = (up[right] + _F32(2.0) * middle[right] + down[right]) - (
+        up[left] + _F32(2.0) * middle[left] + down[left]
+    )
     vertical = (up[left] + _F32(2.0) * up[j] + up[right]) - (down[left] + _F32(2.0) * down[j] + down[right])
     return horizontal, vertical
 
 
 @numba.njit(error_model="numpy", cache=True)
-def _sobel_row(up: np.ndarray, middle: np.ndarray, down: np.ndarray, horizontal: np.ndarray, vertical: np.ndarray, zero_ends: bool) -> None:
+def _sobel_row(
+    up: np.ndarray, middle: np.ndarray, down: np.ndarray, horizontal: np.ndarray, vertical: np.ndarray, zero_ends: bool
+) -> None:
     """Sobel responses of one row (see :func:`_sobel_at`); outside the row's ends the columns are
     mirrored (edge pixel not repeated) or zero."""
     width = middle.shape[0]
@@ -420,7 +466,9 @@ def _sobel_row(up: np.ndarray, middle: np.ndarray, down: np.ndarray, horizontal:
 
 
 @numba.njit(error_model="numpy", cache=True)
-def _sobel_ends(up: np.ndarray, middle: np.ndarray, down: np.ndarray, horizontal: np.ndarray, vertical: np.ndarray) -> None:
+def _sobel_ends(
+    up: np.ndarray, middle: np.ndarray, down: np.ndarray, horizontal: np.ndarray, vertical: np.ndarray
+) -> None:
     """Sobel responses at the row's two end pixels with zero columns outside."""
     last = middle.shape[0] - 1
     horizontal[0] = up[1] + _F32(2.0) * middle[1] + down[1]
@@ -430,7 +478,9 @@ def _sobel_ends(up: np.ndarray, middle: np.ndarray, down: np.ndarray, horizontal
 
 
 @numba.njit(error_model="numpy", cache=True)
-def _polar(horizontal: np.ndarray, vertical: np.ndarray, magnitude: np.ndarray, angle: np.ndarray, start: int, stop: int) -> None:
+def _polar(
+    horizontal: np.ndarray, vertical: np.ndarray, magnitude: np.ndarray, angle: np.ndarray, start: int, stop: int
+) -> None:
     """Magnitude sqrt(h^2 + v^2) (exact integer sum, correctly rounded root) and atan(v / h), NaN where both are 0."""
     for j in range(start, stop):
         h, v = horizontal[j], vertical[j]
@@ -440,7 +490,12 @@ def _polar(horizontal: np.ndarray, vertical: np.ndarray, magnitude: np.ndarray, 
 
 @numba.njit(error_model="numpy", cache=True)
 def _nabf_row(
-    magnitude: np.ndarray, angle: np.ndarray, strength_factor: np.ndarray, alignment_factor: np.ndarray, exponents: np.ndarray, totals: np.ndarray
+    magnitude: np.ndarray,
+    angle: np.ndarray,
+    strength_factor: np.ndarray,
+    alignment_factor: np.ndarray,
+    exponents: np.ndarray,
+    totals: np.ndarray,
 ) -> None:
     """totals[2] += lost edge strength where F's gradient exceeds both sources' (artifacts), totals[3] += weights."""
     g_f, angle_f = magnitude[2], angle[2]
@@ -467,8 +522,13 @@ def _nabf_row(
 
 @numba.njit(error_model="numpy", cache=True)
 def _qabf_row(
-    horizontal: np.ndarray, magnitude: np.ndarray, angle: np.ndarray, strength_factor: np.ndarray, alignment_factor: np.ndarray,
-    exponents: np.ndarray, totals: np.ndarray,
+    horizontal: np.ndarray,
+    magnitude: np.ndarray,
+    angle: np.ndarray,
+    strength_factor: np.ndarray,
+    alignment_factor: np.ndarray,
+    exponents: np.ndarray,
+    totals: np.ndarray,
 ) -> None:
     """totals[0] += Q^{SF} g_S (without the Tg Ta factors), totals[1] += g_S, over both sources S."""
     g_f = magnitude[2]
@@ -500,7 +560,9 @@ def image_statistics(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     AG need.
     """
     # One task per thread: each fills its own histograms (1 MB), which are then added up.
-    histograms, products, sums, differences, gradients = _image_statistics(levels, max(1, min(numba.get_num_threads(), levels.shape[1])))
+    histograms, products, sums, differences, gradients = _image_statistics(
+        levels, max(1, min(numba.get_num_threads(), levels.shape[1]))
+    )
     return histograms, products, sums, differences, float(gradients)
 
 
@@ -514,7 +576,9 @@ def _image_statistics(levels: np.ndarray, tasks: int) -> tuple[np.ndarray, np.nd
     for task in numba.prange(tasks):
         # accumulators local to the task: threads writing neighbouring entries of a shared array
         # every pixel would fight over the cache line (2 threads ran 5x slower than one)
-        gradients[task] = _statistics_rows(levels, task * rows_per_task, min(height, (task + 1) * rows_per_task), histograms[task], moments[task])
+        gradients[task] = _statistics_rows(
+            levels, task * rows_per_task, min(height, (task + 1) * rows_per_task), histograms[task], moments[task]
+        )
     total = moments.sum(axis=0)
     products = np.empty((3, 3), dtype=np.int64)
     for index, (x, y) in enumerate(((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))):

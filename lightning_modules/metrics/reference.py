@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numba
 import numpy as np
@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from datamodules.schema import BT601
 from lightning_modules.metrics import kernels as metric_kernels
 from lightning_modules.metrics.filters import (
     BLOCK,
@@ -68,11 +69,13 @@ HIGHER_IS_BETTER: dict[str, bool] = {name: name not in ("Nabf", "MSE") for name 
 NAN_REASONS: dict[str, str] = {
     "SF": "the image is narrower or shorter than 2 px",
     "AG": "the image is narrower or shorter than 2 px",
-    "SCD": "a source is constant, or F minus a source is constant (e.g. F equals a source): the correlation is undefined",
+    "SCD": "a source is constant, or F minus a source is constant (e.g. F equals a source): "
+    "the correlation is undefined",
     "CC": "F or a source is constant: the correlation is undefined",
     "PSNR": "F equals both sources (MSE 0) or F is all black (peak 0)",
     "VIF": "the image is smaller than 41 x 41 px, too small for VIF's 4 scales of 'valid' filtering",
-    "Qabf": "neither source has any edge (no gradient anywhere), so there is nothing to preserve; or the image is narrower or shorter than 2 px",
+    "Qabf": "neither source has any edge (no gradient anywhere), so there is nothing to preserve; "
+    "or the image is narrower or shorter than 2 px",
     "Nabf": "the image is narrower or shorter than 2 px (mirrored padding needs 2)",
     "SSIM": "the image is smaller than SSIM's 7 x 7 window",
     "SSIM_std": "the image is smaller than SSIM's 7 x 7 window",
@@ -95,7 +98,7 @@ def check_metric_names(names: Iterable[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------- grey levels
-_BT601_FLOAT32 = tuple(float(torch.tensor(w, dtype=torch.float32)) for w in (0.299, 0.587, 0.114))
+_BT601_FLOAT32 = tuple(float(torch.tensor(w, dtype=torch.float32)) for w in BT601)
 
 
 def _round_to_float32(x: Tensor) -> Tensor:
@@ -119,11 +122,15 @@ def to_grey_levels(image: Tensor) -> Tensor:
         peak = float(image.amax()) if image.numel() else 0.0
         if peak > 1.5:
             # Model outputs may overshoot 1 a little; a peak this high means 0..255 levels were passed.
-            raise ValueError(f"floating images must be in [0, 1], got values up to {peak:g}; pass uint8 levels or divide by 255")
+            raise ValueError(
+                f"floating images must be in [0, 1], got values up to {peak:g}; pass uint8 levels or divide by 255"
+            )
         levels = torch.round(image.to(torch.float64).clamp(0.0, 1.0) * 255.0)
     else:
         if image.dtype != torch.uint8 and image.numel() and (int(image.amin()) < 0 or int(image.amax()) > 255):
-            raise ValueError("integer images must hold 8-bit levels 0..255; convert 16-bit images to [0, 1] floats first")
+            raise ValueError(
+                "integer images must hold 8-bit levels 0..255; convert 16-bit images to [0, 1] floats first"
+            )
         levels = image.to(torch.float64)
     if levels.shape[1] == 1:
         return levels
@@ -201,7 +208,10 @@ class _Batch:
         """(B, 256) counts of F's grey levels (from the joint histograms when MI already built them)."""
         if self.kernels or "joint_histograms" in self.__dict__:
             return self.joint_histograms[:, 0].sum(-1)
-        index = self.f.flatten(1).to(torch.int32) + torch.arange(self.batch, device=self.device, dtype=torch.int32)[:, None] * 256
+        index = (
+            self.f.flatten(1).to(torch.int32)
+            + torch.arange(self.batch, device=self.device, dtype=torch.int32)[:, None] * 256
+        )
         return torch.bincount(index.flatten(), minlength=self.batch * 256).view(self.batch, 256)
 
     @functools.cached_property
@@ -227,12 +237,17 @@ class _Batch:
         "products" (B, 3, 3), "sums" (B, 3), "differences" (B, 2) int64 and "gradients" (B,) float64."""
         per_image = [metric_kernels.image_statistics(levels) for levels in self.by_image]
         names = ("histograms", "products", "sums", "differences", "gradients")
-        return {name: torch.from_numpy(np.stack([np.asarray(values[k]) for values in per_image])) for k, name in enumerate(names)}
+        return {
+            name: torch.from_numpy(np.stack([np.asarray(values[k]) for values in per_image]))
+            for k, name in enumerate(names)
+        }
 
     @functools.cached_property
     def kernel_ssim_means(self) -> Tensor:
         """(B, 2 data ranges (2, 255)) SSIM(F, A) + SSIM(F, B) from ``metric_kernels.ssim_sums``."""
-        sums = [metric_kernels.ssim_sums(levels[2], levels[:2], _SSIM_C1, _SSIM_C2).sum(0) for levels in self.by_image32]
+        sums = [
+            metric_kernels.ssim_sums(levels[2], levels[:2], _SSIM_C1, _SSIM_C2).sum(0) for levels in self.by_image32
+        ]
         cropped = (self.height - _SSIM_WINDOW + 1) * (self.width - _SSIM_WINDOW + 1)
         return torch.from_numpy(np.stack(sums) / cropped)
 
@@ -249,7 +264,9 @@ class _Batch:
         maps[:3] = levels
         torch.mul(levels, levels, out=maps[3:6])
         torch.mul(levels[:2], levels[2:], out=maps[6:8])
-        return _SsimTerms(_uniform_means(maps), x=slice(2, 3), y=slice(0, 2), xx=slice(5, 6), yy=slice(3, 5), xy=slice(6, 8))
+        return _SsimTerms(
+            _uniform_means(maps), x=slice(2, 3), y=slice(0, 2), xx=slice(5, 6), yy=slice(3, 5), xy=slice(6, 8)
+        )
 
 
 # Rows and columns of _Batch.moments.
@@ -280,7 +297,9 @@ def _spatial_frequency(batch: _Batch) -> Tensor:
         f = batch.levels32[_F]  # integer differences; their squares are summed in float64
         row_squares = torch.linalg.vector_norm(torch.diff(f, dim=-1), dim=(-2, -1), dtype=torch.float64).square()
         column_squares = torch.linalg.vector_norm(torch.diff(f, dim=-2), dim=(-2, -1), dtype=torch.float64).square()
-    return torch.sqrt(row_squares / (batch.height * (batch.width - 1)) + column_squares / ((batch.height - 1) * batch.width))
+    return torch.sqrt(
+        row_squares / (batch.height * (batch.width - 1)) + column_squares / ((batch.height - 1) * batch.width)
+    )
 
 
 def _twice_gradient(image: Tensor, dim: int) -> Tensor:
@@ -325,7 +344,9 @@ def _scd(batch: _Batch) -> Tensor:
 
 def _cc(batch: _Batch) -> Tensor:
     _, c = batch.moments
-    return (_correlation(c[:, _A, _F], c[:, _A, _A], c[:, _F, _F]) + _correlation(c[:, _B, _F], c[:, _B, _B], c[:, _F, _F])) / 2
+    return (
+        _correlation(c[:, _A, _F], c[:, _A, _A], c[:, _F, _F]) + _correlation(c[:, _B, _F], c[:, _B, _B], c[:, _F, _F])
+    ) / 2
 
 
 def _mse(batch: _Batch) -> Tensor:
@@ -491,7 +512,9 @@ def _qabf(batch: _Batch) -> Tensor:
     numerator, denominator = _qabf_sums(magnitude[inside], _qabf_orientation(horizontal[inside], angle[inside]))
     for strip_horizontal, strip_vertical in zero_padded_border_sobel(batch.levels32):
         strip_angle = torch.atan(strip_vertical / strip_horizontal)
-        strip = _qabf_sums(_magnitude(strip_horizontal, strip_vertical), _qabf_orientation(strip_horizontal, strip_angle))
+        strip = _qabf_sums(
+            _magnitude(strip_horizontal, strip_vertical), _qabf_orientation(strip_horizontal, strip_angle)
+        )
         numerator, denominator = numerator + strip[0], denominator + strip[1]
     return numerator / denominator  # 0 / 0 = NaN: no source has an edge
 
@@ -621,7 +644,9 @@ def _ssim_target(fused: Tensor, target: Tensor) -> Tensor:
         return torch.full(fused.shape[:1], math.nan, dtype=torch.float64, device=fused.device)
     f, t = fused.to(torch.float32), target.to(torch.float32)
     maps = torch.stack([f, t, f * f, t * t, f * t])
-    terms = _SsimTerms(_uniform_means(maps), x=slice(0, 1), y=slice(1, 2), xx=slice(2, 3), yy=slice(3, 4), xy=slice(4, 5))
+    terms = _SsimTerms(
+        _uniform_means(maps), x=slice(0, 1), y=slice(1, 2), xx=slice(2, 3), yy=slice(3, 4), xy=slice(4, 5)
+    )
     return terms.mean_ssim(255.0)[0]
 
 
@@ -657,17 +682,26 @@ def check_batch(**images: Tensor) -> None:
     reference_name, reference = next(iter(shapes.items()))
     for name, shape in shapes.items():
         if shape[0] != reference[0] or shape[2:] != reference[2:]:
-            raise ValueError(f"{name} has shape {shape} but {reference_name} has {reference}: batch size, height and width must match")
+            raise ValueError(
+                f"{name} has shape {shape} but {reference_name} has {reference}: batch size, height and "
+                "width must match"
+            )
 
 
 BACKENDS: tuple[str, ...] = ("auto", "torch", "kernels")
 """How :func:`compute_metrics` computes VIF, SSIM, Qabf, Nabf and the whole-image statistics (histograms,
-moments, SF, AG): batched torch on any device, or the fused loops of :mod:`~lightning_modules.metrics.kernels` (CPU only, several times faster there); "auto" takes the kernels
-for CPU tensors and torch otherwise. Both give the same values to float rounding."""
+moments, SF, AG): batched torch on any device, or the fused loops of :mod:`~lightning_modules.metrics.kernels`
+(CPU only, several times faster there); "auto" takes the kernels for CPU tensors and torch otherwise. Both give
+the same values to float rounding."""
 
 
 def compute_metrics(
-    fused: Tensor, a: Tensor, b: Tensor, names: Sequence[str] | None = None, gt: Tensor | None = None, backend: str = "auto"
+    fused: Tensor,
+    a: Tensor,
+    b: Tensor,
+    names: Sequence[str] | None = None,
+    gt: Tensor | None = None,
+    backend: str = "auto",
 ) -> dict[str, Tensor]:
     """The metrics ``names`` (all of :data:`METRICS` by default) of each fused image.
 
@@ -695,7 +729,9 @@ def compute_metrics(
     kernels = backend == "kernels" or (backend == "auto" and fused.device.type == "cpu")
     if kernels:
         if fused.device.type != "cpu":
-            raise ValueError(f"the 'kernels' metrics backend runs on CPU tensors only, got {fused.device}; use backend='torch'")
+            raise ValueError(
+                f"the 'kernels' metrics backend runs on CPU tensors only, got {fused.device}; use backend='torch'"
+            )
         # as many kernel threads as torch uses, so --threads / torch.set_num_threads governs both
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     chunk = _chunk_size(fused)

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
 from datamodules.schema import TASKS
-from lightning_modules.metrics.reference import METRICS, NEEDS_TARGET, check_batch, check_metric_names, compute_metrics, target_metrics, to_grey_levels
+from lightning_modules.metrics.reference import (
+    METRICS,
+    NEEDS_TARGET,
+    check_batch,
+    check_metric_names,
+    compute_metrics,
+    target_metrics,
+    to_grey_levels,
+)
 
 
 class FusionMetricTracker(Metric):
@@ -77,7 +85,9 @@ class FusionMetricTracker(Metric):
                 check_batch(fused=fused, gt=gt)
                 selected = index.to(fused.device)
                 with torch.no_grad(), torch.autocast(fused.device.type, enabled=False):
-                    results = target_metrics(to_grey_levels(fused[selected])[:, 0], to_grey_levels(gt[selected])[:, 0], target_names)
+                    results = target_metrics(
+                        to_grey_levels(fused[selected])[:, 0], to_grey_levels(gt[selected])[:, 0], target_names
+                    )
                 for name, column in zip(target_names, columns):
                     values[index, column] = results[name].to(values.device)
         is_nan = torch.isnan(values) & applies
@@ -87,7 +97,7 @@ class FusionMetricTracker(Metric):
         self.nan_count.index_add_(0, task_ids, is_nan.long())
 
     def compute(self) -> dict[str, Tensor]:
-        """``{"<task>/<metric>": mean}`` where a task has values, plus ``"<task>/<metric>_nan_count"`` where non-zero."""
+        """``{"<task>/<metric>": mean}`` where a task has values; ``"<task>/<metric>_nan_count"`` where non-zero."""
         results: dict[str, Tensor] = {}
         for task_index, task in enumerate(self.tasks):
             for metric_index, name in enumerate(self.names):

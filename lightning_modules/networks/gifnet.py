@@ -33,7 +33,7 @@ makes inference cheaper without changing what is computed):
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -178,7 +178,14 @@ class WindowAttentionBlock(nn.Module):
     """
 
     def __init__(
-        self, dim: int, heads: int, window_size: int, shift: int, mlp_ratio: float, value_kernel: int, chunk_pixels: int = 40960
+        self,
+        dim: int,
+        heads: int,
+        window_size: int,
+        shift: int,
+        mlp_ratio: float,
+        value_kernel: int,
+        chunk_pixels: int = 40960,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -187,7 +194,13 @@ class WindowAttentionBlock(nn.Module):
             raise ValueError(f"shift {shift} must lie in [0, window_size={window_size})")
         if value_kernel % 2 == 0:
             raise ValueError(f"value_kernel must be odd, got {value_kernel}")
-        self.dim, self.heads, self.window_size, self.shift, self.chunk_pixels = dim, heads, window_size, shift, chunk_pixels
+        self.dim, self.heads, self.window_size, self.shift, self.chunk_pixels = (
+            dim,
+            heads,
+            window_size,
+            shift,
+            chunk_pixels,
+        )
         self.norm = nn.LayerNorm(dim)
         self.query_key = nn.Linear(dim, 2 * dim)
         self.value = nn.Linear(dim, dim)
@@ -197,7 +210,11 @@ class WindowAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
     def forward(
-        self, tokens: Tensor, position_bias: Tensor, foreign_queries: list[Tensor] | None = None, in_strips: bool | None = None
+        self,
+        tokens: Tensor,
+        position_bias: Tensor,
+        foreign_queries: list[Tensor] | None = None,
+        in_strips: bool | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """Run the block on (B, H, W, C) tokens.
 
@@ -232,7 +249,9 @@ class WindowAttentionBlock(nn.Module):
             used_queries.append(queries)
         return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0], used_queries
 
-    def _strip(self, tokens: Tensor, top: int, bottom: int, position_bias: Tensor, foreign_queries: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _strip(
+        self, tokens: Tensor, top: int, bottom: int, position_bias: Tensor, foreign_queries: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         """Rows [top, bottom) of the shift-padded map -> the block output on the image rows they cover."""
         batch, height, width, _ = tokens.shape
         size, shift = self.window_size, self.shift
@@ -265,7 +284,9 @@ class WindowAttentionBlock(nn.Module):
         conv_input = values[:, first - halo - row_base : last + halo - row_base, left - halo : left + width + halo]
         # in float32 even under autocast: oneDNN's bfloat16 depthwise backward is ~6x slower, for a cheap op
         with torch.autocast(tokens.device.type, enabled=False):
-            local = F.conv2d(to_feature_map(conv_input).float(), self.value_conv.weight, self.value_conv.bias, groups=self.dim)
+            local = F.conv2d(
+                to_feature_map(conv_input).float(), self.value_conv.weight, self.value_conv.bias, groups=self.dim
+            )
         output = tokens[:, first:last] + self.projection(attended + to_tokens(local))
         return output + self.mlp(output), queries
 
@@ -334,13 +355,21 @@ class CrossGatedBranches(nn.Module):
         self.blocks = nn.ModuleList(
             nn.ModuleList(
                 WindowAttentionBlock(
-                    dim, heads, window_size, 0 if index % 2 == 0 else window_size // 2, mlp_ratio, value_kernel, chunk_pixels
+                    dim,
+                    heads,
+                    window_size,
+                    0 if index % 2 == 0 else window_size // 2,
+                    mlp_ratio,
+                    value_kernel,
+                    chunk_pixels,
                 )
                 for index in range(depth)
             )
             for _ in BRANCHES
         )
-        self.position_biases = nn.ModuleList(RelativePositionBias(window_size, heads, position_hidden) for _ in range(depth))
+        self.position_biases = nn.ModuleList(
+            RelativePositionBias(window_size, heads, position_hidden) for _ in range(depth)
+        )
         self.gates = nn.Parameter(torch.full((len(BRANCHES), (depth + 1) // 2), float(gate_init)))
         self.unembed = conv3x3(dim, dim)
         # the secondary branch is read after unshifted blocks only: the last one is the last even index
@@ -363,7 +392,9 @@ class CrossGatedBranches(nn.Module):
             if index < self.secondary_depth:
                 with torch.no_grad():
                     shared_queries = queries if index % 2 == 0 else None
-                    helper, _ = self.blocks[secondary][index](helper, bias, foreign_queries=shared_queries, in_strips=in_strips)
+                    helper, _ = self.blocks[secondary][index](
+                        helper, bias, foreign_queries=shared_queries, in_strips=in_strips
+                    )
             if index % 2 == 0:
                 tokens = torch.addcmul(tokens, self.gates[primary, index // 2], helper)
         output = in_row_strips(self.unembed, [to_feature_map(tokens)], 1, self.chunk_pixels)
@@ -390,7 +421,9 @@ class FusionDecoder(nn.Module):
             raise ValueError("the global decoder needs at least one 1x1 conv (decoder_pointwise_channels)")
         widths = (2 * dim, *pointwise_channels)
         self.dim = dim
-        self.pointwise = nn.ModuleList(nn.Linear(widths[index], widths[index + 1], bias=False) for index in range(len(pointwise_channels)))
+        self.pointwise = nn.ModuleList(
+            nn.Linear(widths[index], widths[index + 1], bias=False) for index in range(len(pointwise_channels))
+        )
         self.convs = conv_decoder(widths[-1], conv_channels)
 
     def forward(self, features: Tensor, branch_features: Tensor) -> Tensor:
@@ -507,7 +540,9 @@ class GIFNet(nn.Module):
                 members = (branch == index).nonzero().squeeze(1)
                 branch_features = branch_features.index_copy(0, members, self.branches(features[members], index))
         decoder = self.fusion_decoder
-        return in_row_strips(decoder, [features, branch_features], receptive_radius(decoder), self.inference_chunk_pixels)
+        return in_row_strips(
+            decoder, [features, branch_features], receptive_radius(decoder), self.inference_chunk_pixels
+        )
 
     def forward(self, a: Tensor, b: Tensor, branch: Tensor | int = MFIF_BRANCH) -> Tensor:
         """Fuse two (B, 1, H, W) sources in [0, 1]; H and W multiples of :attr:`size_multiple`."""

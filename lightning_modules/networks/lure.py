@@ -110,7 +110,9 @@ class LatentEncoder(nn.Module):
         half = self.stem(pixels)
         quarter = self.down_quarter(half)
         eighth = self.guide_eighth(self.down_eighth(quarter), text)
-        quarter = self.guide_quarter(quarter + self.up_quarter(F.interpolate(eighth, scale_factor=2.0, mode="bilinear")), text)
+        quarter = self.guide_quarter(
+            quarter + self.up_quarter(F.interpolate(eighth, scale_factor=2.0, mode="bilinear")), text
+        )
         half = half + self.up_half(F.interpolate(quarter, scale_factor=2.0, mode="bilinear"))
         return F.pad(pixels, (0, 0, 0, 0, 0, self.channels - 4)) + self.head(half)
 
@@ -141,7 +143,9 @@ class LatentDecoder(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(ResidualBlock(channels), ResidualBlock(channels), zero_initialised(conv3x3(channels, 4)))
+        self.body = nn.Sequential(
+            ResidualBlock(channels), ResidualBlock(channels), zero_initialised(conv3x3(channels, 4))
+        )
 
     def forward(self, latent: Tensor) -> Tensor:
         return F.pixel_shuffle(latent[:, :4] + self.body(latent), 2)
