@@ -40,10 +40,10 @@ from PIL import Image  # noqa: E402
 
 from datamodules import images  # noqa: E402
 from datamodules.mixture import MixtureStream, ShardSource  # noqa: E402
-from datamodules.schema import SampleMeta  # noqa: E402
+from datamodules.schema import BT601, SampleMeta  # noqa: E402
 from datamodules.shards.writer import ShardSetWriter, encode_sample  # noqa: E402
 
-BT601 = np.array([0.299, 0.587, 0.114], np.float32)
+LUMA = np.array(BT601, np.float32)
 
 
 def photographs(folder: Path, count: int) -> list[np.ndarray]:
@@ -58,12 +58,12 @@ def write_sets(photos: list[np.ndarray], root: Path) -> tuple[list[str], list[st
     meta = SampleMeta(task="ivif", source="bench")
     with ShardSetWriter(root / "ours", "ivif", maxcount=16) as writer:
         for number, photo in enumerate(photos):
-            grey = np.rint(photo @ BT601).astype(np.uint8)
+            grey = np.rint(photo @ LUMA).astype(np.uint8)
             writer.write(encode_sample(f"ivif-{number:04d}", {"a": grey, "b": photo}, meta))
     (root / "plain").mkdir()
     with wds.ShardWriter(str(root / "plain" / "ivif-%06d.tar"), maxcount=16, verbose=0) as sink:
         for number, photo in enumerate(photos):
-            grey = np.rint(photo @ BT601).astype(np.uint8)
+            grey = np.rint(photo @ LUMA).astype(np.uint8)
             record = {"__key__": f"ivif-{number:04d}", "json": meta.to_json()}
             for role, array in (("a", grey), ("b", photo)):
                 buffer = io.BytesIO()
@@ -97,7 +97,7 @@ def read_webdataset(urls: list[str], samples: int, crop: int, batch: int) -> int
         crops = {}
         for role in ("a", "b"):
             window = sample[f"{role}.png"][top : top + crop, left : left + crop].astype(np.float32) / 255.0
-            crops[role] = torch.from_numpy(window @ BT601)[None]
+            crops[role] = torch.from_numpy(window @ LUMA)[None]
         pending.append(crops)
         if len(pending) == batch:
             _ = {role: torch.stack([item[role] for item in pending]) for role in ("a", "b")}

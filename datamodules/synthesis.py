@@ -16,6 +16,8 @@ table names, not to reproduce any one dataset.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import cv2
 import numpy as np
 import torch
@@ -198,6 +200,114 @@ def make_infrared(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     columns = 0.004 * rng.standard_normal(grey.shape[1]).astype(np.float32)[None, :]  # fixed-pattern noise
     infrared = base + hot + texture + columns + rng.normal(0, 0.01, grey.shape).astype(np.float32)
     return np.clip(infrared, 0, 1)
+
+
+PHOTO_DEGRADATIONS: tuple[str, ...] = ("noise", "blur", "lowlight", "haze", "jpeg")
+"""The kinds :func:`degrade_photo` applies to photographs."""
+
+SYNTHETIC_TASKS: tuple[str, ...] = ("mfif", "meif", "restore")
+"""What :func:`synthetic_samples` can make from a clean photograph."""
+
+
+def focus_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A smooth random in-focus region in [0, 1]: blobs, an ellipse or a polygon, feathered.
+
+    Blobs are thresholded low-frequency noise at a random scale and coverage (30-70 %); the
+    ellipse and the polygon stand for a single object. The feathered edge makes focus change
+    gradually, as it does across a real depth discontinuity seen through a lens.
+    """
+    height, width = shape
+    shape_kind = int(rng.integers(3))
+    if shape_kind == 0:
+        cells = int(rng.integers(2, 7))
+        field = cv2.resize(
+            rng.standard_normal((cells, cells)).astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC
+        )
+        mask = (field > np.quantile(field, 1 - rng.uniform(0.3, 0.7))).astype(np.float32)
+    else:
+        mask = np.zeros((height, width), np.float32)
+        centre = np.array([rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height])
+        if shape_kind == 1:
+            axes = (int(rng.uniform(0.2, 0.45) * width), int(rng.uniform(0.2, 0.45) * height))
+            cv2.ellipse(mask, (int(centre[0]), int(centre[1])), axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
+        else:
+            angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(5, 9))))
+            radii = rng.uniform(0.2, 0.45, angles.size)[:, None] * np.array([width, height])
+            corners = centre + radii * np.stack([np.cos(angles), np.sin(angles)], 1)
+            cv2.fillPoly(mask, [np.round(corners).astype(np.int32)], 1.0)
+    feather = float(rng.uniform(1.0, 4.0)) * max(1.0, min(height, width) / 256)
+    return np.clip(_gaussian(mask, feather), 0, 1)
+
+
+def mask_depth(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scene depth in [0, 1] (0 near) behind a focus mask: the masked object near, with a little
+    relief; the rest a receding background (ground-plane gradient and relief, :func:`_smooth_depth`)."""
+    foreground = 0.25 * _smooth_depth(mask.shape, rng)
+    background = 0.45 + 0.55 * _smooth_depth(mask.shape, rng)
+    return mask * foreground + (1 - mask) * background
+
+
+def focus_sigmas(mask: np.ndarray, depth: np.ndarray, max_sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel defocus sigma of the near- and the far-focused image.
+
+    Each keeps its own region (the mask for near focus, the rest for far focus) sharp. Elsewhere
+    the blur grows with the distance in depth from its focal plane (the median depth of the region
+    in focus), as the circle of confusion of a thin lens does: from 30 % of ``max_sigma`` to all of it.
+    """
+    sigmas = []
+    for sharp in (mask, 1 - mask):
+        in_focus = sharp > 0.5
+        focal_depth = float(np.median(depth[in_focus])) if in_focus.any() else float(depth.mean())
+        distance = np.abs(depth - focal_depth)
+        sigmas.append((max_sigma * (1 - sharp) * (0.3 + 0.7 * distance / (distance.max() + 1e-6))).astype(np.float32))
+    return sigmas[0], sigmas[1]
+
+
+def make_focus_pair(photo: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(near focus, far focus) from a sharp photograph, GIFNet-style, with depth-dependent defocus.
+
+    A random :func:`focus_mask` is the near object over a :func:`mask_depth` scene; the blur of
+    each image follows :func:`focus_sigmas` with a maximum sigma of 2-5 pixels (per 256 pixels of
+    image side). The complementary regions stay sharp, so the photograph is the all-in-focus target.
+    """
+    mask = focus_mask(photo.shape[:2], rng)
+    depth = mask_depth(mask, rng)
+    max_sigma = float(rng.uniform(2.0, 5.0)) * max(1.0, min(photo.shape[:2]) / 256)
+    near_sigma, far_sigma = focus_sigmas(mask, depth, max_sigma)
+    return _variable_blur(photo, near_sigma, max_sigma), _variable_blur(photo, far_sigma, max_sigma)
+
+
+def synthetic_samples(
+    photo: np.ndarray, task: str, rng: np.random.Generator, variants: int = 1
+) -> Iterator[tuple[str, dict[str, np.ndarray], list[str], str]]:
+    """Synthetic training samples of ``task`` from one clean photograph (float in [0, 1]).
+
+    Yields (name, {role: float image}, degradation tags, how it was made): ``mfif``: ``variants``
+    near/far pairs (:func:`make_focus_pair`) with the photograph as target; ``meif``: ``variants``
+    under/over-exposed pairs (:func:`make_exposures`) with the photograph as target; ``restore``:
+    per kind of :data:`PHOTO_DEGRADATIONS`, ``variants`` (at most 3) distinct random severities.
+    """
+    if task == "mfif":
+        for index in range(variants):
+            near, far = make_focus_pair(photo, rng)
+            yield f"mf{index}", {"a": near, "b": far, "gt": photo}, [], "defocus"
+    elif task == "meif":
+        for index in range(variants):
+            under, over, stops = make_exposures(photo, rng)
+            yield f"me{index}", {"a": under, "b": over, "gt": photo}, [], f"exposure-{stops:.1f}ev"
+    elif task == "restore":
+        for kind in PHOTO_DEGRADATIONS:
+            for severity in sorted(
+                rng.choice(np.arange(1, MAX_SEVERITY + 1), size=min(variants, MAX_SEVERITY), replace=False)
+            ):
+                yield (
+                    f"{kind}{severity}",
+                    {"a": degrade_photo(photo, kind, int(severity), rng), "gt": photo},
+                    [f"{kind}:{severity}"],
+                    kind,
+                )
+    else:
+        raise ValueError(f"cannot synthesise task {task!r} from photographs; choose from {', '.join(SYNTHETIC_TASKS)}")
 
 
 # --------------------------------------------------------------------------------------------

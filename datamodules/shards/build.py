@@ -1,9 +1,19 @@
-"""Building shards from folders of images paired by file stem.
+"""Building shards: from folders paired by file stem, from published dataset layouts, and
+synthesised from the visible photographs of an infrared-visible data set.
 
 Every image is re-encoded losslessly as a window-decodable PNG (:func:`datamodules.images.encode_png`;
 grey, RGB, 8- and 16-bit kept exactly). Bad input stops the build with one error that names every
 offending file: stems present on one side only, pairs of different sizes (unless ``resize`` says how
-to align them), files that do not decode.
+to align them), files that do not decode; no shard of the failed prefix is left behind.
+
+- :func:`build_from_folders`: ``a``/``b``/``gt`` folders paired by stem, the task given;
+- :func:`build_layout`: a download in a published layout (:mod:`datamodules.shards.layouts`), one
+  shard prefix per split or subset (``msrs-train``, ``harvard-ct-mri``);
+- :func:`build_synthetic`: multi-focus, multi-exposure or restoration samples made from the
+  visible images of an infrared-visible layout (:func:`datamodules.synthesis.synthetic_samples`),
+  deterministic from a seed, tagged ``"synthetic": true``;
+- :func:`build_all`: every known layout in a folder of downloads, each into its own shard folder,
+  plus the synthetic sets from each infrared-visible one (what the ``-real`` configs train on).
 """
 
 from __future__ import annotations
@@ -13,15 +23,23 @@ import dataclasses
 import multiprocessing
 import os
 import re
-from collections.abc import Iterable, Sequence
+import sys
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from datamodules import images
+import numpy as np
+
+from datamodules import images, synthesis
 from datamodules.images import ImageError
 from datamodules.schema import SampleMeta
+from datamodules.shards.layouts import LAYOUTS, Layout, Pair, discover, get_layout
 from datamodules.shards.progress import progress_bar
 from datamodules.shards.writer import ShardSetWriter, encode_sample, read_index
+
+Members = dict[str, bytes]
+Encoded = tuple[list[Members], str | None]  # the samples of one job, or the error that stopped it
 
 
 @dataclasses.dataclass
@@ -32,17 +50,42 @@ class _PairJob:
     resize: str | None
     level: int
 
+    def __call__(self) -> Encoded:
+        try:
+            arrays = {role: images.read_image(path) for role, path in self.paths.items()}
+            arrays = images.same_size(arrays, self.paths, self.resize)
+            return [encode_sample(self.key, arrays, self.meta, self.level)], None
+        except (ImageError, ValueError) as error:
+            return [], str(error)
 
-def _encode_pair(job: _PairJob) -> tuple[str, dict[str, bytes] | None, str | None]:
-    try:
-        arrays = {role: images.read_image(path) for role, path in job.paths.items()}
-        arrays = images.same_size(arrays, job.paths, job.resize)
-        meta = dataclasses.replace(
-            job.meta, source=f"{job.meta.source}/{job.paths['a'].stem}" if job.meta.source else job.paths["a"].stem
-        )
-        return job.key, encode_sample(job.key, arrays, meta, job.level), None
-    except (ImageError, ValueError) as error:
-        return job.key, None, str(error)
+
+@dataclasses.dataclass
+class _SynthesisJob:
+    key: str
+    photo: Path
+    task: str
+    source: str
+    seed: int
+    variants: int
+    level: int
+
+    def __call__(self) -> Encoded:
+        try:
+            photo = synthesis.to_unit_float(images.read_image(self.photo))
+            # one generator per photograph and task: the same samples whatever the worker order or --limit
+            rng = np.random.default_rng([self.seed, zlib.crc32(f"{self.task}/{self.key}".encode())])
+            samples = []
+            for name, arrays, tags, how in synthesis.synthetic_samples(photo, self.task, rng, self.variants):
+                meta = SampleMeta(task=self.task, degradations=tags, source=f"{self.source}/{how}", synthetic=True)
+                as_uint8 = {role: synthesis.to_uint8(array) for role, array in arrays.items()}
+                samples.append(encode_sample(f"{self.key}-{name}", as_uint8, meta, self.level))
+            return samples, None
+        except (ImageError, ValueError) as error:
+            return [], str(error)
+
+
+def _run(job: Callable[[], Encoded]) -> Encoded:
+    return job()
 
 
 def parse_size(text: str | int) -> int:
@@ -54,6 +97,97 @@ def parse_size(text: str | int) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1000000, 500M, 2G)")
     scale = 1024 ** " KMGT".index(match.group(2).upper() or " ")
     return int(float(match.group(1)) * scale)
+
+
+@dataclasses.dataclass
+class WriteOptions:
+    """How shards are written: samples / bytes per shard, PNG deflate level, encoding processes."""
+
+    maxcount: int = 1000
+    maxsize: int = 1 << 30
+    level: int = 0
+    workers: int | None = None
+    progress: bool = True
+
+
+def _write_jobs(
+    out_dir: str | Path, prefix: str, jobs: Sequence[Callable[[], Encoded]], options: WriteOptions
+) -> dict[str, Any]:
+    """Run the jobs (in worker processes) and write their samples as ``prefix`` shards, all or nothing."""
+    errors: list[str] = []
+    workers = max(1, min(options.workers or os.cpu_count() or 1, len(jobs)))
+    writer = ShardSetWriter(out_dir, prefix, maxcount=options.maxcount, maxsize=options.maxsize)
+    try:
+        results: Iterable[Encoded]
+        pool = None
+        if workers > 1:
+            pool = multiprocessing.get_context("fork").Pool(workers)
+            results = pool.imap(_run, jobs, chunksize=2)
+        else:
+            results = map(_run, jobs)
+        for samples, error in progress_bar(
+            results, total=len(jobs), desc=f"building {prefix}", enabled=options.progress
+        ):
+            if error is not None:
+                errors.append(error)
+            elif not errors:
+                for members in samples:
+                    writer.write(members)
+        if pool is not None:
+            pool.close()
+            pool.join()
+    except BaseException:
+        writer.close(write_index=False)
+        _remove_prefix(Path(out_dir), prefix)
+        raise
+    if errors:
+        writer.close(write_index=False)
+        _remove_prefix(Path(out_dir), prefix)
+        shown = "\n  ".join(errors[:30]) + (f"\n  ... and {len(errors) - 30} more" if len(errors) > 30 else "")
+        raise ImageError(f"{len(errors)} of {len(jobs)} inputs could not be used; nothing was written:\n  {shown}")
+    writer.close()
+    return read_index(out_dir)
+
+
+def _keys(prefix: str, pairs: Sequence[Pair]) -> list[str]:
+    """Sample keys ``prefix-<pair id>``; two ids that map to one key are an error."""
+    used: dict[str, str] = {}
+    for pair_id, _ in pairs:
+        key = f"{prefix}-{images.safe_key(pair_id)}"
+        if key in used:
+            raise ImageError(f"pairs {used[key]!r} and {pair_id!r} map to the same sample key {key!r}; rename one")
+        used[key] = pair_id
+    return list(used)
+
+
+def _check_resize(resize: str | None, roles: Iterable[str]) -> None:
+    roles = list(roles)
+    if resize is not None and resize not in (*roles, "crop"):
+        raise ValueError(f"--resize {resize}: choose one of {', '.join([*roles, 'crop'])}")
+
+
+def build_pairs(
+    out_dir: str | Path,
+    pairs: Sequence[Pair],
+    meta: SampleMeta,
+    prefix: str,
+    resize: str | None = None,
+    options: WriteOptions | None = None,
+) -> dict[str, Any]:
+    """Write ``pairs`` (id, {role: file}) as ``prefix`` shards; each sample's source is ``meta.source/<id>``."""
+    options = options or WriteOptions()
+    _check_resize(resize, pairs[0][1] if pairs else ())
+    jobs = [
+        _PairJob(
+            key,
+            paths,
+            dataclasses.replace(meta, source=f"{meta.source}/{pair_id}" if meta.source else pair_id),
+            resize,
+            options.level,
+        )
+        for key, (pair_id, paths) in zip(_keys(prefix, pairs), pairs)
+    ]
+    return _write_jobs(out_dir, prefix, jobs, options)
 
 
 def build_from_folders(
@@ -74,11 +208,7 @@ def build_from_folders(
     workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Pair ``a``/``b``/``gt`` folders by stem and write them as shards; returns the updated index.
-
-    All bad inputs are collected and raised together as one :class:`ImageError`, and no shard of
-    this prefix is left behind.
-    """
+    """Pair ``a``/``b``/``gt`` folders by stem and write them as shards; returns the updated index."""
     meta = SampleMeta(task=task, degradations=list(degradations), prompt=prompt, source=source, synthetic=synthetic)
     folders = {"a": a}
     if b is not None:
@@ -91,49 +221,115 @@ def build_from_folders(
         raise ValueError("a restoration pair needs the clean images as --gt")
     if task != "restore" and b is None:
         raise ValueError(f"task {task} fuses two sources: pass the second folder as --b")
-    if resize is not None and resize not in (*folders, "crop"):
-        raise ValueError(f"--resize {resize}: choose one of {', '.join([*folders, 'crop'])}")
-    pairs = images.pair_by_stem(folders)
-    prefix = prefix or task
-    jobs = []
-    used: dict[str, str] = {}
-    for stem, paths in pairs:
-        key = f"{prefix}-{images.safe_key(stem)}"
-        if key in used:
-            raise ImageError(f"stems {used[key]!r} and {stem!r} map to the same sample key {key!r}; rename one")
-        used[key] = stem
-        jobs.append(_PairJob(key, paths, meta, resize, level))
+    _check_resize(resize, folders)
+    options = WriteOptions(maxcount, maxsize, level, workers, progress)
+    return build_pairs(out_dir, images.pair_by_stem(folders), meta, prefix or task, resize, options)
 
-    errors: list[str] = []
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    writer = ShardSetWriter(out_dir, prefix, maxcount=maxcount, maxsize=maxsize)
-    try:
-        results: Iterable[tuple[str, dict[str, bytes] | None, str | None]]
-        pool = None
-        if workers > 1:
-            pool = multiprocessing.get_context("fork").Pool(workers)
-            results = pool.imap(_encode_pair, jobs, chunksize=2)
-        else:
-            results = map(_encode_pair, jobs)
-        for _, members, error in progress_bar(results, total=len(jobs), desc=f"building {prefix}", enabled=progress):
-            if error is not None:
-                errors.append(error)
-            elif not errors:
-                writer.write(members)
-        if pool is not None:
-            pool.close()
-            pool.join()
-    except BaseException:
-        writer.close(write_index=False)
-        _remove_prefix(Path(out_dir), prefix)
-        raise
-    if errors:
-        writer.close(write_index=False)
-        _remove_prefix(Path(out_dir), prefix)
-        shown = "\n  ".join(errors[:30]) + (f"\n  ... and {len(errors) - 30} more" if len(errors) > 30 else "")
-        raise ImageError(f"{len(errors)} of {len(jobs)} pairs could not be used; nothing was written:\n  {shown}")
-    writer.close()
-    return read_index(out_dir)
+
+def build_layout(
+    out_dir: str | Path,
+    layout: str | Layout,
+    src: str | Path,
+    resize: str | None = None,
+    limit: int | None = None,
+    prefix: str | None = None,
+    prompt: str | None = None,
+    options: WriteOptions | None = None,
+) -> dict[str, Any]:
+    """Shards of a download in a published layout; one prefix per group (``PREFIX[-GROUP]``).
+
+    ``prefix`` defaults to the layout's name; ``limit`` keeps the first pairs of each group.
+    """
+    layout = get_layout(layout) if isinstance(layout, str) else layout
+    _check_resize(resize, layout.roles)
+    index: dict[str, Any] = {}
+    for group in discover(layout, src, limit):
+        meta = SampleMeta(
+            task=layout.task,
+            degradations=list(layout.degradations),
+            prompt=prompt,
+            source=f"{layout.title}/{group.name}" if group.name else layout.title,
+        )
+        group_prefix = f"{prefix or layout.name}-{group.name}" if group.name else prefix or layout.name
+        index = build_pairs(out_dir, group.pairs, meta, group_prefix, resize, options)
+    return index
+
+
+def build_synthetic(
+    out_dir: str | Path,
+    layout: str | Layout,
+    src: str | Path,
+    task: str,
+    seed: int = 0,
+    variants: int = 1,
+    limit: int | None = None,
+    prefix: str | None = None,
+    options: WriteOptions | None = None,
+) -> dict[str, Any]:
+    """Synthetic ``task`` samples from the visible images (``b``) of an infrared-visible download.
+
+    Shard prefix ``PREFIX-TASK`` (default prefix: the layout's name), sample keys
+    ``PREFIX-TASK-<pair id>-<variant>``; see :func:`datamodules.synthesis.synthetic_samples`.
+    """
+    layout = get_layout(layout) if isinstance(layout, str) else layout
+    if layout.task != "ivif":
+        ivif = ", ".join(name for name, known in LAYOUTS.items() if known.task == "ivif")
+        raise ValueError(
+            f"synthesis uses the visible photographs of an infrared-visible layout ({ivif}); "
+            f"{layout.name} is {layout.task}"
+        )
+    if task not in synthesis.SYNTHETIC_TASKS:
+        raise ValueError(f"cannot synthesise {task!r}; choose from {', '.join(synthesis.SYNTHETIC_TASKS)}")
+    if variants < 1:
+        raise ValueError(f"--variants must be at least 1, got {variants}")
+    options = options or WriteOptions()
+    task_prefix = f"{prefix or layout.name}-{task}"
+    jobs = []
+    for group in discover(layout, src, limit):
+        group_prefix = f"{task_prefix}-{group.name}" if group.name else task_prefix
+        source = f"{layout.title}/{group.name}" if group.name else layout.title
+        for key, (pair_id, paths) in zip(_keys(group_prefix, group.pairs), group.pairs):
+            jobs.append(_SynthesisJob(key, paths["b"], task, f"{source}/{pair_id}", seed, variants, options.level))
+    return _write_jobs(out_dir, task_prefix, jobs, options)
+
+
+def build_all(
+    src: str | Path,
+    out: str | Path,
+    synthesize: Sequence[str] = synthesis.SYNTHETIC_TASKS,
+    seed: int = 0,
+    variants: int = 1,
+    limit: int | None = None,
+    options: WriteOptions | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every download in ``src`` whose folder is named after a layout (``roadscene/``, ``harvard/``,
+    ``MSRS/``, ...) into ``out/<layout>/``, and for each infrared-visible one the synthetic sets
+    ``out/<layout>-<task>/``. One shard folder per source, so a config weights each on its own.
+    Returns the totals per output folder; subfolders that name no layout are reported, not built.
+    """
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise ImageError(f"{src}: not a folder")
+    subfolders = sorted(child for child in src.iterdir() if child.is_dir())
+    found = [(child, LAYOUTS[child.name.lower()]) for child in subfolders if child.name.lower() in LAYOUTS]
+    if not found:
+        raise ImageError(
+            f"{src}: no subfolder is named after a known layout ({', '.join(LAYOUTS)}); "
+            f"found {', '.join(child.name for child in subfolders) or 'no subfolders'}"
+        )
+    skipped = [child.name for child in subfolders if child.name.lower() not in LAYOUTS]
+    if skipped:
+        print(f"not a known layout, skipped: {', '.join(skipped)}", file=sys.stderr)
+    totals: dict[str, dict[str, Any]] = {}
+    for folder, layout in found:
+        target = out / layout.name
+        totals[str(target)] = build_layout(target, layout, folder, limit=limit, options=options)["totals"]
+        if layout.task == "ivif":
+            for task in synthesize:
+                target = out / f"{layout.name}-{task}"
+                index = build_synthetic(target, layout, folder, task, seed, variants, limit, options=options)
+                totals[str(target)] = index["totals"]
+    return totals
 
 
 def _remove_prefix(out_dir: Path, prefix: str) -> None:
