@@ -4,6 +4,9 @@
 and severity the phrases that say what is wrong, with paraphrases. A sample's prompt is its task
 phrase followed by one phrase per degradation it carries, joined by ``"; "``. Training draws a random
 paraphrase of every part; evaluation always takes the first, so evaluation prompts are fixed.
+
+The optional ``modalities`` section gives, per task, fixed descriptions of the two sources and of
+the wanted fused image (``a``, ``b``, ``fused``), for models that describe each image separately.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import yaml
 from datamodules.schema import DEGRADATIONS, MAX_SEVERITY, TASKS
 
 DEFAULT_PROMPT_TABLE = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "prompts.yaml"
+TABLE_SECTIONS = {"tasks", "degradations", "modalities"}
+MODALITY_ROLES = ("a", "b", "fused")
 
 
 class PromptTable:
@@ -29,6 +34,8 @@ class PromptTable:
         degradations: ``"default"`` -> kind -> severity -> paraphrases, covering every kind in
             ``DEGRADATIONS`` and severity 1..``MAX_SEVERITY``; optional per-task entries (same
             shape, any subset of kinds, all severities of a kind) word a kind for that task.
+        modalities: Optional: task name -> ``{"a": ..., "b": ..., "fused": ...}``, a fixed prompt
+            describing each source and the fused image; every task in ``TASKS`` when given.
         source: Where the table came from, for error messages.
     """
 
@@ -36,9 +43,11 @@ class PromptTable:
         self,
         tasks: Mapping[str, Sequence[str]],
         degradations: Mapping[str, Mapping[str, Mapping[int, Sequence[str]]]],
+        modalities: Mapping[str, Mapping[str, str]] | None = None,
         source: str = "<prompt table>",
     ) -> None:
         self.source = source
+        self.modalities = None if modalities is None else _modality_prompts(modalities, f"{source}: modalities")
         self.tasks = {task: _phrases(tasks.get(task), f"{source}: tasks.{task}") for task in TASKS}
         unknown_tasks = set(tasks) - set(TASKS)
         if unknown_tasks:
@@ -64,11 +73,21 @@ class PromptTable:
             raise FileNotFoundError(f"prompt table {str(path)!r} cannot be read: {error}") from None
         except yaml.YAMLError as error:
             raise ValueError(f"prompt table {str(path)!r} is not valid YAML: {error}") from None
-        if not isinstance(record, dict) or set(record) != {"tasks", "degradations"}:
+        if not isinstance(record, dict) or not {"tasks", "degradations"} <= set(record) <= TABLE_SECTIONS:
             raise ValueError(
-                f"prompt table {str(path)!r} must be a mapping with exactly the keys 'tasks' and 'degradations'"
+                f"prompt table {str(path)!r} must be a mapping with the keys 'tasks' and 'degradations' "
+                "and optionally 'modalities'"
             )
-        return cls(record["tasks"], record["degradations"], source=str(path))
+        return cls(record["tasks"], record["degradations"], record.get("modalities"), source=str(path))
+
+    def modality_prompts(self, task: str) -> tuple[str, str, str]:
+        """The fixed prompts describing source ``a``, source ``b`` and the fused image of a ``task`` sample."""
+        if self.modalities is None:
+            raise ValueError(
+                f"prompt table {self.source} has no 'modalities' section; add one giving, for every task, "
+                "prompts a, b and fused (see recipes/configs/prompts.yaml)"
+            )
+        return self.modalities[task]
 
     def phrase_options(self, task: str, kind: str, severity: int) -> list[str]:
         """Paraphrases saying that a ``task`` sample has ``kind`` at ``severity``."""
@@ -140,4 +159,19 @@ def _severity_phrases(kinds: Any, required: Sequence[str], where: str) -> dict[s
         table[kind] = {
             severity: _phrases(phrases, f"{where}.{kind}.{severity}") for severity, phrases in by_severity.items()
         }
+    return table
+
+
+def _modality_prompts(modalities: Any, where: str) -> dict[str, tuple[str, str, str]]:
+    if not isinstance(modalities, dict) or set(modalities) != set(TASKS):
+        found = sorted(modalities) if isinstance(modalities, dict) else type(modalities).__name__
+        raise ValueError(f"{where} must map every task ({', '.join(TASKS)}) to its prompts; found {found}")
+    table = {}
+    for task, roles in modalities.items():
+        if not isinstance(roles, dict) or set(roles) != set(MODALITY_ROLES):
+            raise ValueError(f"{where}.{task} must have exactly the prompts {', '.join(MODALITY_ROLES)}")
+        prompts = tuple(roles[role] for role in MODALITY_ROLES)
+        if not all(isinstance(prompt, str) and prompt.strip() for prompt in prompts):
+            raise ValueError(f"{where}.{task}: every prompt must be a non-empty string")
+        table[task] = tuple(prompt.strip() for prompt in prompts)
     return table
