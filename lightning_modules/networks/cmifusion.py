@@ -29,8 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.networks.layers import ChannelNorm, conv3x3, zero_initialised
-from lightning_modules.networks.lure import ResidualBlock
+from lightning_modules.networks.layers import ChannelNorm, ResidualBlock, conv3x3, zero_initialised
 from lightning_modules.text import PromptEmbeddings
 
 
@@ -146,7 +145,9 @@ class ImageTextInteraction(nn.Module):
         text_fused: PromptEmbeddings,
     ) -> Tensor:
         batch, _, height, width = features_a.shape
-        tokens = self.attend_a(to_tokens(features_a), text_a) + self.attend_b(to_tokens(features_b), text_b)
+        # every pixel is a token: (B, C, H, W) -> (B, H*W, C)
+        tokens_a, tokens_b = (features.flatten(2).transpose(1, 2) for features in (features_a, features_b))
+        tokens = self.attend_a(tokens_a, text_a) + self.attend_b(tokens_b, text_b)
         tokens = self.widen(tokens)
         for block in self.attend_fused:
             tokens = block(tokens, text_fused)
@@ -224,7 +225,3 @@ class CMIFusionNet(nn.Module):
         features = self.interaction(self.extract_a(a), self.extract_b(b), text_a, text_b, text_fused)
         return 0.5 * (a + b) + self.decoder(features)
 
-
-def to_tokens(feature_map: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B, H*W, C)."""
-    return feature_map.flatten(2).transpose(1, 2)

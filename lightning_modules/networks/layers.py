@@ -26,3 +26,14 @@ class ChannelNorm(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.norm(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(act(conv(x))): two 3x3 convolutions around a LeakyReLU."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv3x3(channels, channels), nn.LeakyReLU(0.2), conv3x3(channels, channels))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features + self.body(features)

@@ -26,19 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.networks.layers import ChannelNorm, conv3x3, zero_initialised
+from lightning_modules.networks.layers import ChannelNorm, ResidualBlock, conv3x3, zero_initialised
 from lightning_modules.text import PromptEmbeddings
-
-
-class ResidualBlock(nn.Module):
-    """x + conv(act(conv(x))): two 3x3 convolutions around a LeakyReLU."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(conv3x3(channels, channels), nn.LeakyReLU(0.2), conv3x3(channels, channels))
-
-    def forward(self, features: Tensor) -> Tensor:
-        return features + self.body(features)
 
 
 class TextGuidedAttention(nn.Module):
