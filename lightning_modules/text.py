@@ -15,6 +15,10 @@ prompts then carry no language meaning). With none of them the run stops at once
 saying how to provide weights.
 
 Prompts themselves come from :class:`lightning_modules.prompts.PromptTable`.
+
+The weight lookup (:class:`CLIPTowerConfig`, :func:`find_clip_weights`, :func:`clip_tower_state_dict`)
+serves both towers of a CLIP model: the visual tower of :mod:`lightning_modules.image_features`
+is configured, found and loaded the same way.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ _HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin
 
 
 @dataclasses.dataclass
-class TextEncoderConfig:
-    """Which open_clip text tower encodes prompts, and where its weights come from.
+class CLIPTowerConfig:
+    """Which open_clip model's tower (text or visual) to build, and where its weights come from.
 
     Args:
         model_name: An open_clip architecture name (``open_clip.list_models()``), e.g. ``ViT-B-32``.
@@ -49,11 +53,11 @@ class TextEncoderConfig:
         cache_dir: Where to look for a tag's cached weights; ``None`` means the Hugging Face hub cache
             (``$HF_HOME``) and ``~/.cache/clip`` for URL-hosted weights.
         random_init: Use deterministic random weights instead (tests and smoke runs only).
-        random_init_seed: Seed of those random weights, so a resumed run encodes new prompts with
-            the same tower as the prompts cached in its checkpoint.
-        model_config: An inline open_clip model config (``embed_dim`` and ``text_cfg``) for an
-            architecture open_clip does not ship, e.g. a tiny tower for tests; replaces the config
-            looked up by ``model_name`` (which then only names it).
+        random_init_seed: Seed of those random weights, so a resumed run or predict rebuilds the
+            same tower (for the text tower: the one that encoded the prompts cached in a checkpoint).
+        model_config: An inline open_clip model config (``embed_dim`` and the tower's ``text_cfg`` or
+            ``vision_cfg``) for an architecture open_clip does not ship, e.g. a tiny tower for tests;
+            replaces the config looked up by ``model_name`` (which then only names it).
         quick_gelu: Use QuickGELU activations (OpenAI's original weights need them); ``None`` takes
             the setting from the model config or the pretrained tag.
     """
@@ -66,6 +70,10 @@ class TextEncoderConfig:
     random_init_seed: int = 0
     model_config: dict[str, Any] | None = None
     quick_gelu: bool | None = None
+
+
+TextEncoderConfig = CLIPTowerConfig
+"""The configuration of the text tower that encodes prompts."""
 
 
 @dataclasses.dataclass
@@ -82,7 +90,7 @@ class PromptEmbeddings:
 
 
 class TextWeightsUnavailable(RuntimeError):
-    """Raised when a prompt must be encoded and no text-tower weights are at hand."""
+    """Raised when a CLIP tower must run (a prompt to encode, an image to embed) and its weights are not at hand."""
 
 
 class PromptEncoder(nn.Module):
@@ -95,7 +103,7 @@ class PromptEncoder(nn.Module):
     def __init__(self, config: TextEncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.architecture = _architecture(config)
+        self.architecture = clip_architecture(config, "text")
         text_cfg = CLIPTextCfg(**self.architecture["text_cfg"])
         if text_cfg.hf_model_name or text_cfg.hf_tokenizer_name:
             raise ValueError(
@@ -132,18 +140,14 @@ class PromptEncoder(nn.Module):
         if self._tower is not None:
             return self._tower
         config = self.config
-        weights = None if config.random_init and not config.weights_file else _find_weights(config)
-        quick_gelu = config.quick_gelu
-        if quick_gelu is None:  # OpenAI's weights were trained with QuickGELU; their tags say so
-            tag_config = open_clip.get_pretrained_cfg(config.model_name, config.pretrained) if config.pretrained else {}
-            quick_gelu = bool(self.architecture.get("quick_gelu") or tag_config.get("quick_gelu"))
+        weights = None if config.random_init and not config.weights_file else find_clip_weights(config, "text")
         text_cfg = {**self.architecture["text_cfg"], "output_tokens": True}
         with torch.random.fork_rng(devices=[]):
             # random weights depend on the seed only, so a resumed run has the same tower.
             torch.manual_seed(config.random_init_seed)
-            tower = _build_text_tower(self.pooled_dim, text_cfg, quick_gelu=quick_gelu)
+            tower = _build_text_tower(self.pooled_dim, text_cfg, quick_gelu=quick_gelu_of(config, self.architecture))
         if weights is not None:
-            tower.load_state_dict(_text_state_dict(weights), strict=True)
+            tower.load_state_dict(clip_tower_state_dict(weights, "text"), strict=True)
         tower.eval().requires_grad_(False)
         self.__dict__["_tower"] = tower
         return tower
@@ -224,57 +228,76 @@ class PromptEncoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- weight lookup
-def _architecture(config: TextEncoderConfig) -> dict[str, Any]:
+# Per tower: the model-config key of its architecture, its option among the model's arguments (for
+# messages), and the state-dict prefix of its weights in a CLIP checkpoint.
+_TOWERS = {"text": ("text_cfg", "text_encoder", "text."), "vision": ("vision_cfg", "image_encoder", "visual.")}
+
+
+def clip_architecture(config: CLIPTowerConfig, tower: str = "text") -> dict[str, Any]:
+    """The open_clip model config of ``config``, checked to hold ``embed_dim`` and the ``tower``'s config."""
+    tower_key, option, _ = _TOWERS[tower]
     architecture = config.model_config or open_clip.get_model_config(config.model_name)
     if architecture is None:
         raise ValueError(
             f"unknown open_clip architecture {config.model_name!r}; pick one of open_clip.list_models() or give an "
-            "inline text_encoder.model_config with embed_dim and text_cfg"
+            f"inline {option}.model_config with embed_dim and {tower_key}"
         )
-    missing = {"embed_dim", "text_cfg"} - set(architecture)
+    missing = {"embed_dim", tower_key} - set(architecture)
     if missing:
-        raise ValueError(f"text_encoder.model_config for {config.model_name!r} lacks {', '.join(sorted(missing))}")
+        raise ValueError(f"{option}.model_config for {config.model_name!r} lacks {', '.join(sorted(missing))}")
     return dict(architecture)
 
 
-def _how_to_provide(config: TextEncoderConfig) -> str:
+def quick_gelu_of(config: CLIPTowerConfig, architecture: Mapping[str, Any]) -> bool:
+    """Whether the tower uses QuickGELU: as configured, else as the model config or the pretrained tag says."""
+    if config.quick_gelu is not None:
+        return config.quick_gelu
+    # OpenAI's weights were trained with QuickGELU; their tags say so
+    tag_config = open_clip.get_pretrained_cfg(config.model_name, config.pretrained) if config.pretrained else {}
+    return bool(architecture.get("quick_gelu") or tag_config.get("quick_gelu"))
+
+
+def _how_to_provide(config: CLIPTowerConfig, option: str) -> str:
     return (
         "Runs are offline and never download weights. Provide them one of these ways: "
-        "--model.text_encoder.weights_file PATH (a local open_clip or OpenAI CLIP checkpoint); or put the weights of "
+        f"--model.{option}.weights_file PATH (a local open_clip or OpenAI CLIP checkpoint); or put the weights of "
         f"pretrained tag {config.pretrained!r} into the local cache (on a machine with internet: "
         f"python -c \"import open_clip; open_clip.create_model('{config.model_name}', "
-        f"pretrained='{config.pretrained}', "
-        "cache_dir='DIR')\", copy DIR here and pass --model.text_encoder.cache_dir DIR); or, for smoke tests only, "
-        "--model.text_encoder.random_init true (random weights: prompts then carry no language meaning)."
+        f"pretrained='{config.pretrained}', cache_dir='DIR')\", copy DIR here and pass "
+        f"--model.{option}.cache_dir DIR); or, for smoke tests only, --model.{option}.random_init true "
+        "(random weights: they carry no pretrained meaning)."
     )
 
 
-def _find_weights(config: TextEncoderConfig) -> Path:
-    """The local file holding the tower's weights; never touches the network."""
+def find_clip_weights(config: CLIPTowerConfig, tower: str = "text") -> Path:
+    """The local file holding the weights of ``config``'s model (``tower`` names it in messages); never downloads."""
+    option = _TOWERS[tower][1]
+    name = option.replace("_", " ")
     if config.weights_file:
         path = Path(config.weights_file).expanduser()
         if not path.is_file():
             raise TextWeightsUnavailable(
-                f"text encoder weights file {str(path)!r} does not exist. {_how_to_provide(config)}"
+                f"{name} weights file {str(path)!r} does not exist. {_how_to_provide(config, option)}"
             )
         return path
     if not config.pretrained:
         raise TextWeightsUnavailable(
-            f"text encoder {config.model_name!r} has neither weights_file nor pretrained tag. {_how_to_provide(config)}"
+            f"{name} {config.model_name!r} has neither weights_file nor pretrained tag. "
+            f"{_how_to_provide(config, option)}"
         )
     tag = open_clip.get_pretrained_cfg(config.model_name, config.pretrained)
     if not tag:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(config.model_name)) or "none"
         raise TextWeightsUnavailable(
             f"{config.pretrained!r} is not a pretrained tag of {config.model_name!r} (known: {known}). "
-            f"{_how_to_provide(config)}"
+            f"{_how_to_provide(config, option)}"
         )
     for candidate in _cached_tag_files(tag, config.cache_dir):
         if candidate.is_file():
             return candidate
     raise TextWeightsUnavailable(
-        f"the weights of {config.model_name!r} / {config.pretrained!r} are not in the local cache. "
-        f"{_how_to_provide(config)}"
+        f"the weights of {config.model_name!r} / {config.pretrained!r} ({name}) are not in the local cache. "
+        f"{_how_to_provide(config, option)}"
     )
 
 
@@ -296,17 +319,21 @@ def _cached_tag_files(tag: Mapping[str, Any], cache_dir: str | None) -> Iterable
         yield Path(cache_dir or Path("~/.cache/clip").expanduser()) / os.path.basename(url)
 
 
-def _text_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The text-tower part of a CLIP checkpoint, keyed as in open_clip's ``TextTransformer``."""
+def clip_tower_state_dict(path: Path, tower: str = "text") -> dict[str, torch.Tensor]:
+    """The ``tower`` part of a CLIP checkpoint, keyed as in open_clip's ``TextTransformer`` / visual tower."""
+    _, option, prefix = _TOWERS[tower]
     try:
         state = load_clip_state_dict(str(path))
     except Exception as pickle_error:  # OpenAI's original releases are TorchScript archives
         try:
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
         except Exception:
-            raise ValueError(f"cannot read text encoder weights from {str(path)!r}: {pickle_error}") from pickle_error
+            raise ValueError(
+                f"cannot read {option.replace('_', ' ')} weights from {str(path)!r}: {pickle_error}"
+            ) from pickle_error
+    # old-format checkpoints keep the text tower at the top level (moved under "text."); "visual." is common to all
     state = convert_to_custom_text_state_dict(state)
-    text_state = {key[len("text.") :]: value.float() for key, value in state.items() if key.startswith("text.")}
-    if not text_state:
-        raise ValueError(f"{str(path)!r} holds no CLIP text tower (no text_projection / text.* weights)")
-    return text_state
+    tower_state = {key[len(prefix) :]: value.float() for key, value in state.items() if key.startswith(prefix)}
+    if not tower_state:
+        raise ValueError(f"{str(path)!r} holds no CLIP {tower} tower (no {prefix}* weights)")
+    return tower_state

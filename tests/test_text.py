@@ -13,7 +13,7 @@ import yaml
 
 from datamodules.schema import DEGRADATIONS, MAX_SEVERITY, TASKS
 from lightning_modules.prompts import DEFAULT_PROMPT_TABLE, PromptTable
-from lightning_modules.text import PromptEncoder, TextEncoderConfig, TextWeightsUnavailable, _find_weights
+from lightning_modules.text import PromptEncoder, TextEncoderConfig, TextWeightsUnavailable, find_clip_weights
 
 TINY_TEXT = {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 TINY_CLIP = {
@@ -120,7 +120,7 @@ def test_no_weights_fails_with_how_to_provide_them(tmp_path: Path) -> None:
 def test_a_tag_is_found_in_the_local_hub_cache_only(tmp_path: Path) -> None:
     config = TextEncoderConfig(model_name="ViT-B-32", pretrained="openai", cache_dir=str(tmp_path))
     with pytest.raises(TextWeightsUnavailable):
-        _find_weights(config)
+        find_clip_weights(config)
     # The Hugging Face hub cache layout, as a download would have left it (no network involved).
     repo = tmp_path / "models--timm--vit_base_patch32_clip_224.openai"
     (repo / "refs").mkdir(parents=True)
@@ -128,7 +128,7 @@ def test_a_tag_is_found_in_the_local_hub_cache_only(tmp_path: Path) -> None:
     snapshot = repo / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
     (snapshot / "open_clip_model.safetensors").write_bytes(b"weights")
-    assert _find_weights(config) == snapshot / "open_clip_model.safetensors"
+    assert find_clip_weights(config) == snapshot / "open_clip_model.safetensors"
 
 
 def test_the_cache_survives_a_checkpoint_without_weights(
