@@ -4,16 +4,18 @@ Batches mix tasks, and each task's loss applies to its own samples only, so ever
 returns one value per sample; the model averages them over the samples they apply to. Images
 are (B, 1, H, W) in [0, 1].
 
-- :func:`intensity_loss`, :func:`gradient_loss`: L1 of the fused image (or of its Sobel gradient
-  magnitude) to the per-pixel maximum of the sources, or to the sources weighted per sample or per
-  pixel.
+- :func:`intensity_loss`: the fused image against its sources: L1 to their per-pixel maximum, or a
+  weighted squared error whose optimum is the weighted blend of the sources (weights per sample or
+  per pixel). :func:`gradient_loss`: L1 of the fused image's Sobel gradient magnitude to the
+  sources' (their maximum, or weighted).
 - :func:`ssim_loss` (kornia's SSIM) and :func:`ms_ssim_loss`: a correct multi-scale SSIM (Wang,
   Simoncelli and Bovik 2003), which kornia does not have (its ``MS_SSIMLoss`` is the single-resolution,
   several-sigma variant with an L1 term).
 - Source weights: :class:`GradientEnergy` (offline default: gradient energy of the images
   themselves over a pyramid), :class:`BackboneEnergy` (gradient energy of the features of an
-  ImageNet CNN loaded from a local weights file), :func:`energy_weights`, and
-  :func:`exposure_weights` (per-pixel well-exposedness for multi-exposure fusion).
+  ImageNet CNN loaded from a local weights file), :func:`energy_weights`,
+  :func:`exposure_weights` (per-pixel well-exposedness for multi-exposure fusion) and
+  :func:`focus_weights` (per pixel, the sharper source of a multi-focus pair).
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ def _stack_sources(sources: Sequence[Tensor]) -> Tensor:
     return torch.stack(list(sources), dim=1)  # (B, S, C, H, W)
 
 
-def _weighted_l1(value: Tensor, references: Tensor, weights: Tensor | None) -> Tensor:
-    """L1 of ``value`` (B, C, H, W) to the max of ``references`` (B, S, C, H, W), or to each weighted."""
+def _weighted_distance(value: Tensor, references: Tensor, weights: Tensor | None, squared: bool) -> Tensor:
+    """L1 of ``value`` (B, C, H, W) to the max of ``references`` (B, S, C, H, W), or the weighted distance to each."""
     if weights is None:
         return per_sample_mean((value - references.amax(dim=1)).abs())
     sources = references.shape[1]
@@ -62,22 +64,30 @@ def _weighted_l1(value: Tensor, references: Tensor, weights: Tensor | None) -> T
     if weights.dim() == 2:
         weights = weights[:, :, None, None]
     weights = weights.unsqueeze(2)  # (B, S, 1, H|1, W|1): broadcast over channels
-    return per_sample_mean((weights * (value.unsqueeze(1) - references).abs()).sum(dim=1))
+    differences = value.unsqueeze(1) - references
+    distances = differences.square() if squared else differences.abs()
+    return per_sample_mean((weights * distances).sum(dim=1))
 
 
 def intensity_loss(fused: Tensor, sources: Sequence[Tensor], weights: Tensor | None = None) -> Tensor:
-    """L1 of the fused image to its sources, per sample.
+    """The fused image against its sources, per sample; its optimum is the per-pixel maximum or the weighted blend.
+
+    - ``weights=None``: L1 to the per-pixel maximum of the sources (optimum: that maximum).
+    - With weights ``w``: ``sum_s w_s (f - x_s)^2``, minimised pixel by pixel by the weighted blend
+      ``f = sum_s w_s x_s / sum_s w_s``, as in GIFNet's published loss. (The L1 form
+      ``sum_s w_s |f - x_s|`` would be minimised by the weighted median: a copy of the source with
+      the larger weight, over the whole image when the weights are per sample.)
 
     Args:
         fused: (B, C, H, W).
         sources: S images shaped like ``fused``.
-        weights: ``None`` compares with the per-pixel maximum of the sources; a (B, S) tensor weights
-            each source per sample, a (B, S, H, W) tensor per pixel (weights should sum to 1 over S).
+        weights: ``None``, a (B, S) tensor weighting each source per sample, or a (B, S, H, W) tensor
+            weighting it per pixel (weights should sum to 1 over S).
 
     Returns:
         (B,) loss.
     """
-    return _weighted_l1(fused, _stack_sources(sources), weights)
+    return _weighted_distance(fused, _stack_sources(sources), weights, squared=True)
 
 
 def gradient_loss(fused: Tensor, sources: Sequence[Tensor], weights: Tensor | None = None) -> Tensor:
@@ -88,13 +98,14 @@ def gradient_loss(fused: Tensor, sources: Sequence[Tensor], weights: Tensor | No
         sources: S images shaped like ``fused``; one source (a target image) makes this a plain
             gradient-fidelity term.
         weights: ``None`` compares with the per-pixel maximum of the sources' gradient magnitudes
-            (keeps the strongest edge of either); (B, S) or (B, S, H, W) weights each source.
+            (keeps the strongest edge of either); (B, S) or (B, S, H, W) weights each source (with
+            0/1 weights per pixel, such as :func:`focus_weights`, the chosen source's edges).
 
     Returns:
         (B,) loss.
     """
     gradients = sobel_magnitude(torch.cat([fused, *sources], dim=0)).split(fused.shape[0])
-    return _weighted_l1(gradients[0], torch.stack(gradients[1:], dim=1), weights)
+    return _weighted_distance(gradients[0], torch.stack(gradients[1:], dim=1), weights, squared=False)
 
 
 def ssim_loss(image: Tensor, target: Tensor, window_size: int = 11) -> Tensor:
@@ -181,6 +192,32 @@ def exposure_weights(sources: Sequence[Tensor], sigma: float = 0.2) -> Tensor:
     return scores / scores.sum(dim=1, keepdim=True)
 
 
+def focus_measure(image: Tensor, window: int = 7) -> Tensor:
+    """Per-pixel sharpness (B, 1, H, W): the local mean of the squared Laplacian over a ``window`` square.
+
+    Defocus blur removes fine detail first, so of two shots of the same scene the one in focus at a
+    pixel has the larger Laplacian energy around it (channels are averaged first).
+    """
+    laplacian = kornia.filters.laplacian(image.mean(dim=1, keepdim=True), 3, border_type="reflect", normalized=False)
+    return kornia.filters.box_blur(laplacian.square(), (window, window), border_type="reflect")
+
+
+def focus_weights(sources: Sequence[Tensor], window: int = 7) -> Tensor:
+    """Per-pixel weights (B, S, H, W) that choose the source in focus: 1 for the sharpest, 0 for the others.
+
+    The target of multi-focus pairs without an all-in-focus reference: each pixel's sharpest source by
+    :func:`focus_measure`, then a majority vote over the same window so that isolated wrong
+    decisions (where both shots are smooth) follow their neighbours. Tied votes share the weight.
+    With these weights :func:`intensity_loss` and :func:`gradient_loss` are minimised by the
+    per-pixel choice of the sharper source, i.e. an all-in-focus composite.
+    """
+    measures = torch.cat([focus_measure(source, window) for source in sources], dim=1)  # (B, S, H, W)
+    sharpest = F.one_hot(measures.argmax(dim=1), len(sources)).permute(0, 3, 1, 2).to(measures.dtype)
+    votes = kornia.filters.box_blur(sharpest, (window, window), border_type="reflect")
+    winners = (votes == votes.amax(dim=1, keepdim=True)).to(measures.dtype)
+    return winners / winners.sum(dim=1, keepdim=True)
+
+
 class GradientEnergy(nn.Module):
     """How much structure an image holds: mean squared Sobel gradient magnitude, averaged over a pyramid.
 
@@ -233,6 +270,10 @@ class BackboneEnergy(nn.Module):
     ``torch.save(torchvision.models.densenet121(weights="DEFAULT").state_dict(), PATH)`` on a machine
     with internet access); nothing is downloaded at run time.
 
+    The CNN is kept out of the module tree and loaded on first use (or by :meth:`load_backbone`): a
+    model holding this module never hands the frozen weights (~30 MB for DenseNet-121) to its
+    optimiser, never writes them to a checkpoint, and needs the weights file only when it trains.
+
     Args:
         weights_path: Local ``.pth`` file with the torchvision model's state_dict.
         architecture: ``densenet121`` (as GIFNet) or ``resnet18`` (smaller).
@@ -242,7 +283,19 @@ class BackboneEnergy(nn.Module):
         self, weights_path: str | Path, architecture: Literal["densenet121", "resnet18"] = "densenet121"
     ) -> None:
         super().__init__()
-        path = Path(weights_path)
+        if architecture not in ("densenet121", "resnet18"):
+            raise ValueError(f"unknown backbone architecture {architecture!r}; choose densenet121 or resnet18")
+        self.weights_path = Path(weights_path)
+        self.architecture = architecture
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.__dict__["_stages"] = None  # outside the module tree: no parameters, no state_dict entries
+
+    def load_backbone(self) -> nn.Sequential:
+        """The frozen feature stages, loaded from the weights file once; a missing or wrong file fails with the fix."""
+        if self._stages is not None:
+            return self._stages
+        path, architecture = self.weights_path, self.architecture
         if not path.is_file():
             raise FileNotFoundError(
                 f"backbone weights file {path} does not exist; save the torchvision {architecture} ImageNet "
@@ -256,22 +309,18 @@ class BackboneEnergy(nn.Module):
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except RuntimeError as error:
             raise ValueError(f"{path} is not a state_dict of torchvision's {architecture}: {error}") from None
-        self.stages = nn.ModuleList(stages)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> BackboneEnergy:
-        """Always stays in eval mode: its batch-norm statistics are ImageNet's, not the batch's."""
-        return super().train(False)
+        # eval for good: the batch-norm statistics are ImageNet's, not the batch's
+        backbone = nn.Sequential(*stages).requires_grad_(False).eval()
+        self.__dict__["_stages"] = backbone
+        return backbone
 
     @torch.no_grad()
     def forward(self, image: Tensor) -> Tensor:
         """(B, 1 or 3, H, W) in [0, 1] -> (B,) energy."""
+        stages = self.load_backbone().to(self.mean.device)  # follows the module's device (a no-op once there)
         features = (image.expand(-1, 3, -1, -1) - self.mean) / self.std
         energy = image.new_zeros(image.shape[0])
-        for stage in self.stages:
+        for stage in stages:
             features = stage(features)
             energy = energy + per_sample_mean(sobel_magnitude(features) ** 2)
-        return energy / len(self.stages)
+        return energy / len(stages)

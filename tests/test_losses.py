@@ -110,11 +110,11 @@ def test_intensity_loss_max_and_weighted_targets() -> None:
     fused = torch.full((1, 1, 8, 8), 0.6)
     assert intensity_loss(fused, [a, b]).item() == pytest.approx(0.0)  # the max is b
     weighted = intensity_loss(fused, [a, b], torch.tensor([[0.25, 0.75]]))
-    assert weighted.item() == pytest.approx(0.25 * 0.4)
+    assert weighted.item() == pytest.approx(0.25 * 0.4**2)  # weighted squared error
     per_pixel = torch.zeros(1, 2, 8, 8)
     per_pixel[:, 0, :, :4] = 1.0  # left half from a, right half from b
     per_pixel[:, 1, :, 4:] = 1.0
-    assert intensity_loss(fused, [a, b], per_pixel).item() == pytest.approx(0.5 * 0.4)
+    assert intensity_loss(fused, [a, b], per_pixel).item() == pytest.approx(0.5 * 0.4**2)
     with pytest.raises(ValueError, match="weights must be"):
         intensity_loss(fused, [a, b], torch.ones(1, 3))
 
@@ -157,17 +157,20 @@ def test_backbone_energy_loads_a_local_state_dict(tmp_path: Path) -> None:
     path = tmp_path / "resnet18.pth"
     torch.save(models.resnet18(weights=None).state_dict(), path)
     energy = BackboneEnergy(path, "resnet18")
-    assert not any(parameter.requires_grad for parameter in energy.parameters())
-    energy.train()
-    assert not energy.training  # batch-norm statistics stay ImageNet's
     values = energy(torch.rand(2, 1, 64, 64))
     assert values.shape == (2,) and torch.isfinite(values).all()
+    backbone = energy.load_backbone()
+    assert not backbone.training and not any(parameter.requires_grad for parameter in backbone.parameters())
+    # outside the module tree: nothing for an optimiser, nothing in a checkpoint
+    assert list(energy.parameters()) == [] and energy.state_dict() == {}
+    energy.train()
+    assert not backbone.training  # batch-norm statistics stay ImageNet's
 
 
 def test_backbone_energy_fails_fast_with_instructions(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="state_dict"):
-        BackboneEnergy(tmp_path / "missing.pth")
+        BackboneEnergy(tmp_path / "missing.pth").load_backbone()
     wrong = tmp_path / "wrong.pth"
     torch.save({"weight": torch.zeros(1)}, wrong)
     with pytest.raises(ValueError, match="resnet18"):
-        BackboneEnergy(wrong, "resnet18")
+        BackboneEnergy(wrong, "resnet18").load_backbone()
