@@ -17,9 +17,6 @@ Where this deliberately departs from the public implementation (each departure f
 makes inference cheaper without changing what is computed):
 
 - The reconstruction decoder ends in a sigmoid, so its output lives in [0, 1] like its target.
-- The branch that is not being trained for a sample (the "secondary" one) is computed without
-  gradients and enters the trained branch detached, so a loss never reaches the other branch's
-  parameters (the public code leaks gradients into it through the gating term).
 - The secondary branch is only run up to the last block whose output the trained branch reads.
 - Blocks normalise with a per-pixel LayerNorm instead of a norm over the whole image, so a tile
   fuses the same as the full image around it (predict fuses large images in tiles).
@@ -308,7 +305,7 @@ class CrossGatedBranches(nn.Module):
     """The IVIF and MFIF task branches, coupled by cross-fusion gating.
 
     For each sample one branch is *primary* (its output is returned, and it is trained) and the other
-    is *secondary* (a frozen helper for this sample). Both branches embed the shared features with
+    is *secondary* (a helper for this sample). Both branches embed the shared features with
     their own 3x3 conv and run their own attention blocks; block ``i`` of both shares one relative
     position bias MLP. The coupling:
 
@@ -316,8 +313,10 @@ class CrossGatedBranches(nn.Module):
     - after each unshifted block the primary branch adds ``gate[primary, i // 2]`` times the
       secondary branch's features.
 
-    The secondary branch runs without gradients, only up to the last unshifted block (later blocks of
-    it are never read). The primary output goes through the shared 3x3 un-embedding.
+    A loss on the primary output reaches the secondary branch through the gate and the shared queries,
+    as in the published model: a branch that fuses no task itself is trained as the other's helper.
+    The secondary branch runs only up to the last unshifted block (later blocks of it are never
+    read). The primary output goes through the shared 3x3 un-embedding.
 
     Args:
         dim: Channels of the shared features and of the branches.
@@ -383,18 +382,16 @@ class CrossGatedBranches(nn.Module):
         if self.downsample > 1:
             features = F.avg_pool2d(features, self.downsample)
         tokens = to_tokens(in_row_strips(self.embed[primary], [features], 1, self.chunk_pixels))
-        with torch.no_grad():
-            helper = to_tokens(in_row_strips(self.embed[secondary], [features], 1, self.chunk_pixels))
+        helper = to_tokens(in_row_strips(self.embed[secondary], [features], 1, self.chunk_pixels))
         in_strips = not torch.is_grad_enabled()  # the secondary branch must cut the primary's strips
         for index in range(self.depth):
             bias = self.position_biases[index]()
             tokens, queries = self.blocks[primary][index](tokens, bias, in_strips=in_strips)
             if index < self.secondary_depth:
-                with torch.no_grad():
-                    shared_queries = queries if index % 2 == 0 else None
-                    helper, _ = self.blocks[secondary][index](
-                        helper, bias, foreign_queries=shared_queries, in_strips=in_strips
-                    )
+                shared_queries = queries if index % 2 == 0 else None
+                helper, _ = self.blocks[secondary][index](
+                    helper, bias, foreign_queries=shared_queries, in_strips=in_strips
+                )
             if index % 2 == 0:
                 tokens = torch.addcmul(tokens, self.gates[primary, index // 2], helper)
         output = in_row_strips(self.unembed, [to_feature_map(tokens)], 1, self.chunk_pixels)
