@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -28,6 +29,11 @@ from datamodules.schema import TASKS, second_source
 from lightning_modules.inference.color import restore_color
 from lightning_modules.inference.tiling import fuse_in_tiles, fuse_padded
 from lightning_modules.metrics import FusionMetricTracker
+
+
+def _as_plain(value: Any) -> Any:
+    """Hyperparameters compare equal whether a sequence came from YAML (list) or a default (tuple)."""
+    return list(value) if isinstance(value, tuple | list) else value
 
 
 class FusionModule(pl.LightningModule):
@@ -44,6 +50,10 @@ class FusionModule(pl.LightningModule):
         predict_tile_size: Fuse images whose height or width exceeds this in overlapping tiles of
             this size, to bound memory; ``None`` fuses every image whole.
         predict_tile_overlap: Pixels shared between neighbouring tiles, blended to hide seams.
+        init_weights: A checkpoint whose weights ``fit`` starts from, e.g. the published GIFNet
+            written by ``python -m recipes.gifnet import-official``: the optimiser, schedule and
+            step count start fresh. Only a fit that does not resume (no ``--ckpt_path``) reads it;
+            the model must be built with the architecture options the checkpoint was saved with.
 
     The predict tiling (and a subclass's :attr:`predict_time_arguments`) is not saved in checkpoints.
     """
@@ -64,6 +74,7 @@ class FusionModule(pl.LightningModule):
         val_panel_size: int = 4,
         predict_tile_size: int | None = None,
         predict_tile_overlap: int = 32,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         self.learning_rate = learning_rate
@@ -72,6 +83,8 @@ class FusionModule(pl.LightningModule):
         self.val_panel_size = val_panel_size
         self.predict_tile_size = predict_tile_size
         self.predict_tile_overlap = predict_tile_overlap
+        self.init_weights = init_weights
+        self._initial_weights_loaded = False
         self.val_tracker = FusionMetricTracker(val_metrics)
         self.test_tracker = FusionMetricTracker(val_metrics)
         self._panel: list[tuple[str, torch.Tensor]] = []
@@ -88,6 +101,11 @@ class FusionModule(pl.LightningModule):
         """Inputs to :meth:`fuse` are padded to a multiple of this (e.g. the attention window)."""
         return 1
 
+    @property
+    def whole_image_statistics(self) -> bool:
+        """Whether the network normalises with statistics of its whole input, so tiles change the result."""
+        return False
+
     def fuse(self, a: torch.Tensor, b: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement fuse(a, b, task)")
 
@@ -95,6 +113,34 @@ class FusionModule(pl.LightningModule):
         raise NotImplementedError(f"{type(self).__name__} must implement training_losses(batch)")
 
     # ------------------------------------------------------------------------------ training
+    def configure_model(self) -> None:
+        # after setup, before a resumed checkpoint is restored and before the strategy wraps the model
+        fresh_fit = self.trainer.state.fn == "fit" and self.trainer.ckpt_path is None
+        if self.init_weights is not None and fresh_fit and not self._initial_weights_loaded:
+            self.load_initial_weights(self.init_weights)
+            self._initial_weights_loaded = True
+
+    def load_initial_weights(self, path: str | Path) -> None:
+        """Every tensor of the checkpoint at ``path`` (same names and shapes), or an error naming the options to set."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--model.init_weights {path}: no such checkpoint (the published GIFNet is written by "
+                "`python -m recipes.gifnet import-official Final.model OUT.ckpt`)"
+            )
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            self.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as error:
+            saved = checkpoint.get("hyper_parameters", {})
+            differing = [
+                f"--model.{name} {saved[name]}"
+                for name in saved
+                if name in self.hparams and _as_plain(saved[name]) != _as_plain(self.hparams[name])
+            ]
+            hint = f"; build the model as it was saved: {' '.join(differing)}" if differing else ""
+            raise ValueError(f"--model.init_weights {path} does not fit this model{hint}\n{error}") from None
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         losses = self.training_losses(batch)
         batch_size = batch["a"].shape[0]
@@ -134,7 +180,14 @@ class FusionModule(pl.LightningModule):
         if self.predict_tile_size is None:
             return fuse_padded(self.fuse, a, b, task, self.size_multiple)
         return fuse_in_tiles(
-            self.fuse, a, b, task, self.size_multiple, self.predict_tile_size, self.predict_tile_overlap
+            self.fuse,
+            a,
+            b,
+            task,
+            self.size_multiple,
+            self.predict_tile_size,
+            self.predict_tile_overlap,
+            self.whole_image_statistics,
         )
 
     # ------------------------------------------------------------------------- validation / test

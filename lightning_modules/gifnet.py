@@ -73,6 +73,10 @@ class GIFNetModule(FusionModule):
         decoder_channels: Hidden widths of the global decoder's 3x3 convs.
         inference_chunk_pixels: Pixels per horizontal strip at inference (bounds memory on large
             images and keeps them fast; results do not depend on it).
+        norm: Attention-block normalisation: ``pixel`` (LayerNorm per pixel; tiles fuse like the
+            whole image) or ``image`` (the published revised LayerNorm over each image, which the
+            published weights need: ``python -m recipes.gifnet import-official``; predict then
+            warns when it fuses in tiles, since tiles change the result).
         ivif_branch_tasks: Tasks trained through the IVIF branch; the rest train the MFIF branch.
         inference_branch: Branch that fuses at validation, test and predict: ``mfif`` for every task
             (as the public model), ``ivif``, or ``trained`` (each task through the branch it trains).
@@ -116,6 +120,7 @@ class GIFNetModule(FusionModule):
         decoder_pointwise_channels: tuple[int, ...] = (98, 128),
         decoder_channels: tuple[int, ...] = (64, 32, 16),
         inference_chunk_pixels: int = 40960,
+        norm: Literal["pixel", "image"] = "pixel",
         ivif_branch_tasks: tuple[str, ...] = ("ivif", "meif", "med", "nir"),
         inference_branch: Literal["mfif", "ivif", "trained"] = "mfif",
         intensity_weight: float = 1.0,
@@ -163,6 +168,10 @@ class GIFNetModule(FusionModule):
             "ms_ssim": reconstruction_ms_ssim_weight,
         }
         self.exposure_sigma = exposure_sigma
+
+    @property
+    def whole_image_statistics(self) -> bool:
+        return self.network.norm == "image"
 
     @property
     def size_multiple(self) -> int:

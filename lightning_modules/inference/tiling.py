@@ -4,10 +4,16 @@ Fusion inputs come at any height and width. Networks with windowed attention nee
 their window, so :func:`fuse_padded` reflect-pads to the next multiple and crops back. Images too
 large for memory are fused in overlapping tiles by :func:`fuse_in_tiles`; tiles are blended with
 weights that fall to zero towards the borders two tiles share, so no seam survives there.
+
+Tiles are exact only for networks whose every statistic is local. A network that normalises with
+statistics of its whole input (GIFNet with ``norm="image"``, as published) normalises each tile by
+its own, so tiles change the result; :func:`fuse_in_tiles` warns when it splits an image for one.
+Such networks bound their memory without tiles (GIFNet runs every stage in exact row strips).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -62,13 +68,26 @@ def fuse_in_tiles(
     multiple: int,
     tile_size: int,
     overlap: int,
+    whole_image_statistics: bool = False,
 ) -> torch.Tensor:
-    """Fuse large inputs tile by tile with ``overlap`` pixels shared between neighbours."""
+    """Fuse large inputs tile by tile with ``overlap`` pixels shared between neighbours.
+
+    ``whole_image_statistics``: the network normalises with statistics of its whole input, so a
+    warning says that tiles change the result whenever an image is split.
+    """
     if tile_size <= overlap:
         raise ValueError(f"predict tile size ({tile_size}) must be larger than the tile overlap ({overlap})")
     height, width = a.shape[-2:]
     if height <= tile_size and width <= tile_size:
         return fuse_padded(fuse, a, b, task, multiple)
+    if whole_image_statistics:
+        warnings.warn(
+            f"fusing a {height}x{width} image in tiles of {tile_size} px with a network that normalises each "
+            "image as a whole (norm='image'): every tile is normalised by its own statistics, so the result "
+            "differs from fusing the image whole. Pass --model.predict_tile_size null to fuse whole "
+            "(inference runs in exact row strips, which bound memory).",
+            stacklevel=2,
+        )
     stride = tile_size - overlap
     fused_sum = torch.zeros_like(a)
     weight_sum = torch.zeros((height, width), device=a.device, dtype=torch.float32)

@@ -18,8 +18,10 @@ makes inference cheaper without changing what is computed):
 
 - The reconstruction decoder ends in a sigmoid, so its output lives in [0, 1] like its target.
 - The secondary branch is only run up to the last block whose output the trained branch reads.
-- Blocks normalise with a per-pixel LayerNorm instead of a norm over the whole image, so a tile
-  fuses the same as the full image around it (predict fuses large images in tiles).
+- Blocks normalise with a per-pixel LayerNorm by default instead of the published norm over the
+  whole image, so a tile fuses the same as the full image around it (predict can fuse large
+  images in tiles). ``norm="image"`` selects the published one (:class:`ImageLayerNorm`), which
+  the published weights need (:mod:`lightning_modules.networks.gifnet_official` imports them).
 - At inference every stage runs in horizontal strips with exact halos (:func:`in_row_strips`,
   :class:`WindowAttentionBlock`): the result is unchanged, memory is bounded and no allocation is
   large enough to cost page faults on every call.
@@ -31,6 +33,7 @@ makes inference cheaper without changing what is computed):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +46,9 @@ IVIF_BRANCH = 0
 MFIF_BRANCH = 1
 """Index of the multi-focus branch; the public model fuses every task through it at inference."""
 BRANCHES: tuple[str, ...] = ("ivif", "mfif")
+BlockNorm = Literal["pixel", "image"]
+"""How attention blocks normalise their input: ``pixel`` (LayerNorm over each pixel's channels) or
+``image`` (the published revised LayerNorm over each sample's whole map, :class:`ImageLayerNorm`)."""
 
 
 def to_tokens(feature_map: Tensor) -> Tensor:
@@ -149,6 +155,52 @@ def reflected_indices(start: int, stop: int, length: int, device: torch.device) 
     return torch.where(indices >= length, period - indices, indices)
 
 
+class ImageLayerNorm(nn.Module):
+    """The published "revised LayerNorm": each sample normalised over its channels and positions together.
+
+    The normalised map gets a learnable per-channel weight and bias, as a LayerNorm's. The sample's
+    statistics are not thrown away: two 1x1 convs (1 -> ``dim``, linear layers here) turn its std
+    and mean into a per-channel rescale and rebias that the block applies to its attention output,
+    so the block can put back the scale and offset the normalisation took out.
+
+    The statistics are of the whole map, so a tile of an image is normalised differently from the
+    same pixels in the whole image. :class:`WindowAttentionBlock` computes them on the whole map
+    before cutting it into strips, so strips stay exact.
+
+    Args:
+        dim: Channels.
+        eps: Added to the variance before the square root.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.rescale = nn.Linear(1, dim)
+        self.rebias = nn.Linear(1, dim)
+        # as published: the rescale starts near 1 and the rebias near 0, so a new block starts near identity
+        nn.init.trunc_normal_(self.rescale.weight, std=0.02)
+        nn.init.ones_(self.rescale.bias)
+        nn.init.trunc_normal_(self.rebias.weight, std=0.02)
+        nn.init.zeros_(self.rebias.bias)
+
+    def statistics(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and std of each sample of (B, H, W, C) tokens over H, W and C, each (B, 1, 1, 1), in float32."""
+        variance, mean = torch.var_mean(tokens.float(), dim=(1, 2, 3), correction=0, keepdim=True)
+        return mean, torch.sqrt(variance + self.eps)
+
+    def forward(self, tokens: Tensor, statistics: tuple[Tensor, Tensor]) -> Tensor:
+        """Normalise (B, h, w, C) tokens (the whole map or rows of it) with the whole map's ``statistics``."""
+        mean, std = statistics
+        return torch.addcmul(self.bias, (tokens - mean) / std, self.weight)
+
+    def modulation(self, statistics: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Per-channel rescale and rebias of each sample, each (B, 1, 1, C)."""
+        mean, std = statistics
+        return self.rescale(std), self.rebias(mean)
+
+
 class WindowAttentionBlock(nn.Module):
     """Windowed self-attention with a depthwise conv on the values, then an MLP; both residual.
 
@@ -164,6 +216,11 @@ class WindowAttentionBlock(nn.Module):
     whole-map result. With autograd the block runs whole: the backward of each strip's gather
     would write a full-size gradient.
 
+    With ``norm="image"`` the block input is normalised with the statistics of the whole map
+    (computed before the strips are cut, so strips stay exact) and the attention output is
+    rescaled and rebiased from them (:class:`ImageLayerNorm`), as published. The MLP is not
+    normalised with either norm (nor in the published model).
+
     Args:
         dim: Channels.
         heads: Attention heads; ``dim`` must be divisible by it.
@@ -172,6 +229,7 @@ class WindowAttentionBlock(nn.Module):
         mlp_ratio: Hidden width of the MLP relative to ``dim``.
         value_kernel: Kernel of the depthwise conv on the values, added to the attention output.
         chunk_pixels: Tokens per strip at inference (batch included); results do not depend on it.
+        norm: ``pixel`` (LayerNorm over each pixel's channels) or ``image`` (:class:`ImageLayerNorm`).
     """
 
     def __init__(
@@ -183,6 +241,7 @@ class WindowAttentionBlock(nn.Module):
         mlp_ratio: float,
         value_kernel: int,
         chunk_pixels: int = 40960,
+        norm: BlockNorm = "pixel",
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -198,7 +257,9 @@ class WindowAttentionBlock(nn.Module):
             shift,
             chunk_pixels,
         )
-        self.norm = nn.LayerNorm(dim)
+        if norm not in ("pixel", "image"):
+            raise ValueError(f"block norm must be 'pixel' or 'image', got {norm!r}")
+        self.norm = nn.LayerNorm(dim) if norm == "pixel" else ImageLayerNorm(dim)
         self.query_key = nn.Linear(dim, 2 * dim)
         self.value = nn.Linear(dim, dim)
         self.value_conv = nn.Conv2d(dim, dim, value_kernel, groups=dim)  # padded by the strip logic (reflect)
@@ -237,19 +298,30 @@ class WindowAttentionBlock(nn.Module):
             in_strips = not torch.is_grad_enabled()
         strip_tokens = self.chunk_pixels if in_strips else batch * (height + padding) * (width + padding)
         strip_rows = self.window_size * max(1, strip_tokens // (batch * (width + padding) * self.window_size))
+        # an image-wide norm needs the whole map's statistics before any strip is cut
+        statistics = self.norm.statistics(tokens) if isinstance(self.norm, ImageLayerNorm) else None
         outputs, used_queries = [], []
         for index, top in enumerate(range(0, height + padding, strip_rows)):
             bottom = min(top + strip_rows, height + padding)
             foreign = None if foreign_queries is None else foreign_queries[index]
-            output, queries = self._strip(tokens, top, bottom, position_bias, foreign)
+            output, queries = self._strip(tokens, top, bottom, position_bias, foreign, statistics)
             outputs.append(output)
             used_queries.append(queries)
         return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0], used_queries
 
     def _strip(
-        self, tokens: Tensor, top: int, bottom: int, position_bias: Tensor, foreign_queries: Tensor | None
+        self,
+        tokens: Tensor,
+        top: int,
+        bottom: int,
+        position_bias: Tensor,
+        foreign_queries: Tensor | None,
+        statistics: tuple[Tensor, Tensor] | None,
     ) -> tuple[Tensor, Tensor]:
-        """Rows [top, bottom) of the shift-padded map -> the block output on the image rows they cover."""
+        """Rows [top, bottom) of the shift-padded map -> the block output on the image rows they cover.
+
+        ``statistics``: the whole map's mean and std with an image-wide norm, ``None`` with a per-pixel one.
+        """
         batch, height, width, _ = tokens.shape
         size, shift = self.window_size, self.shift
         halo = self.value_conv.kernel_size[0] // 2
@@ -259,7 +331,9 @@ class WindowAttentionBlock(nn.Module):
         rows = reflected_indices(row_base, bottom - shift + halo, height, tokens.device)
         columns = reflected_indices(-left, width + max(window_width - width - shift, halo), width, tokens.device)
         # one gather makes the reflect shift padding of the windows and the conv's halo, rows and columns
-        normed = self.norm(tokens[:, rows[:, None], columns[None, :]])
+        gathered = tokens[:, rows[:, None], columns[None, :]]
+        normed = self.norm(gathered) if statistics is None else self.norm(gathered, statistics)
+        del gathered
         window_rows, window_columns = slice(halo, halo + bottom - top), slice(left - shift, left - shift + window_width)
         # projections run on the whole contiguous gather (a few halo tokens more) rather than on the
         # strided window slice, which would cost a copy per projection
@@ -284,7 +358,11 @@ class WindowAttentionBlock(nn.Module):
             local = F.conv2d(
                 to_feature_map(conv_input).float(), self.value_conv.weight, self.value_conv.bias, groups=self.dim
             )
-        output = tokens[:, first:last] + self.projection(attended + to_tokens(local))
+        update = self.projection(attended + to_tokens(local))
+        if statistics is not None:
+            rescale, rebias = self.norm.modulation(statistics)
+            update = torch.addcmul(rebias, update, rescale)
+        output = tokens[:, first:last] + update
         return output + self.mlp(output), queries
 
     def _windows(self, tokens: Tensor) -> Tensor:
@@ -331,6 +409,7 @@ class CrossGatedBranches(nn.Module):
             upsampled out); 1 keeps full resolution.
         chunk_pixels: Pixels (batch included) per horizontal strip at inference, in the embedding,
             attention blocks and un-embedding (bounds memory; no effect on results).
+        norm: Block normalisation, ``pixel`` or ``image`` (:data:`BlockNorm`).
     """
 
     def __init__(
@@ -345,6 +424,7 @@ class CrossGatedBranches(nn.Module):
         gate_init: float,
         downsample: int,
         chunk_pixels: int,
+        norm: BlockNorm = "pixel",
     ) -> None:
         super().__init__()
         if depth < 1 or downsample < 1:
@@ -361,6 +441,7 @@ class CrossGatedBranches(nn.Module):
                     mlp_ratio,
                     value_kernel,
                     chunk_pixels,
+                    norm,
                 )
                 for index in range(depth)
             )
@@ -401,7 +482,10 @@ class CrossGatedBranches(nn.Module):
 
 
 class FusionDecoder(nn.Module):
-    """The global decoder: concat(shared, branch features) -> 1x1 convs + ReLU -> 3x3 convs -> 1 channel in [0, 1].
+    """The global decoder: concat(shared, branch features) -> 1x1 convs -> 3x3 convs -> 1 channel in [0, 1].
+
+    ReLU between the 1x1 convs but not after the last one, whose output the first 3x3 conv reads
+    directly (as published); ReLU after each hidden 3x3 conv.
 
     The 1x1 convs run as linear layers on channels-last tokens (CPU 1x1 convs take a slow im2col
     path), and the first is split over its two inputs so the concatenation is never materialised.
@@ -426,9 +510,8 @@ class FusionDecoder(nn.Module):
     def forward(self, features: Tensor, branch_features: Tensor) -> Tensor:
         shared_weight, branch_weight = self.pointwise[0].weight.split(self.dim, dim=1)
         hidden = F.linear(to_tokens(features), shared_weight) + F.linear(to_tokens(branch_features), branch_weight)
-        hidden = F.relu(hidden, inplace=True)
         for layer in self.pointwise[1:]:
-            hidden = F.relu(layer(hidden), inplace=True)
+            hidden = layer(F.relu(hidden, inplace=True))
         return (torch.tanh(self.convs(to_feature_map(hidden))) + 1.0) / 2.0
 
 
@@ -450,11 +533,14 @@ class GIFNet(nn.Module):
         gate_init: Initial value of the cross-fusion gating scalars.
         branch_downsample: Run the task branches at 1/branch_downsample resolution (1 = full, as
             published; 2 or 4 for speed).
-        decoder_pointwise_channels: Widths of the global decoder's 1x1 convs (each followed by ReLU).
+        decoder_pointwise_channels: Widths of the global decoder's 1x1 convs (ReLU between them).
         decoder_channels: Hidden widths of the global decoder's 3x3 convs before the last one.
         inference_chunk_pixels: Pixels (batch included) per horizontal strip at inference: every
             stage runs strip by strip, which bounds the memory of large images and keeps them fast;
             results do not depend on it.
+        norm: Attention-block normalisation: ``pixel`` (LayerNorm per pixel: a tile fuses like the
+            same pixels of the whole image) or ``image`` (the published revised LayerNorm over each
+            image: what the published weights need; tiles then change the result, strips do not).
     """
 
     def __init__(
@@ -474,9 +560,10 @@ class GIFNet(nn.Module):
         decoder_pointwise_channels: tuple[int, ...] = (98, 128),
         decoder_channels: tuple[int, ...] = (64, 32, 16),
         inference_chunk_pixels: int = 40960,
+        norm: BlockNorm = "pixel",
     ) -> None:
         super().__init__()
-        self.window_size, self.branch_downsample = window_size, branch_downsample
+        self.window_size, self.branch_downsample, self.norm = window_size, branch_downsample, norm
         self.inference_chunk_pixels = inference_chunk_pixels
         self.encoder = DenseEncoder(2 * source_channels, encoder_growth, encoder_layers)
         dim = self.encoder.out_channels
@@ -492,6 +579,7 @@ class GIFNet(nn.Module):
             gate_init,
             branch_downsample,
             inference_chunk_pixels,
+            norm,
         )
         self.fusion_decoder = FusionDecoder(dim, tuple(decoder_pointwise_channels), tuple(decoder_channels))
 
