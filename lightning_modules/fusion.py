@@ -28,7 +28,7 @@ from pytorch_lightning.loggers import WandbLogger
 from datamodules.schema import TASKS, second_source
 from lightning_modules.inference.color import restore_color
 from lightning_modules.inference.tiling import fuse_in_tiles, fuse_padded
-from lightning_modules.metrics import FusionMetricTracker
+from lightning_modules.metrics import HIGHER_IS_BETTER, SOURCE_METRICS, FusionMetricTracker
 
 
 def _as_plain(value: Any) -> Any:
@@ -45,6 +45,9 @@ class FusionModule(pl.LightningModule):
         warmup_steps: Optimizer steps of linear warm-up before the cosine decay to zero.
         val_metrics: Fusion metrics computed per task in validation and test (names from
             ``lightning_modules.metrics.METRICS``); ``None`` means all of them.
+        score_metric: A no-reference metric (higher is better) among ``val_metrics``: its mean over
+            the tasks of the validation (test) set is logged as ``val/score`` (``test/score``), a key
+            that every validation set produces, with or without targets, for the checkpoint monitor.
         val_panel_size: How many validation fusions (sources and result) are logged as images to
             W&B each validation epoch; 0 turns the panel off.
         predict_tile_size: Fuse images whose height or width exceeds this in overlapping tiles of
@@ -71,6 +74,7 @@ class FusionModule(pl.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
         val_metrics: list[str] | None = None,
+        score_metric: str = "Qabf",
         val_panel_size: int = 4,
         predict_tile_size: int | None = None,
         predict_tile_overlap: int = 32,
@@ -85,6 +89,12 @@ class FusionModule(pl.LightningModule):
         self.predict_tile_overlap = predict_tile_overlap
         self.init_weights = init_weights
         self._initial_weights_loaded = False
+        if score_metric not in SOURCE_METRICS or not HIGHER_IS_BETTER[score_metric]:
+            choices = ", ".join(name for name in SOURCE_METRICS if HIGHER_IS_BETTER[name])
+            raise ValueError(f"score_metric must be a no-reference metric where higher is better ({choices})")
+        if val_metrics is not None and score_metric not in val_metrics:
+            raise ValueError(f"score_metric {score_metric} is not among val_metrics {val_metrics}: add it")
+        self.score_metric = score_metric
         self.val_tracker = FusionMetricTracker(val_metrics)
         self.test_tracker = FusionMetricTracker(val_metrics)
         self._panel: list[tuple[str, torch.Tensor]] = []
@@ -158,6 +168,17 @@ class FusionModule(pl.LightningModule):
             for name in ("samples", "skipped_samples", "broken_shards"):
                 self.log(f"data/{name}", float(getattr(stats, name)), sync_dist=True, reduce_fx="sum")
 
+    def with_every_parameter(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` with every trainable parameter in its graph at weight zero.
+
+        A parameter that a batch does not use (a task branch that no sample of this rank's batch
+        runs) would get no gradient, and plain DDP (without ``find_unused_parameters``) fails on the
+        next step. With the zero-weighted sum each parameter takes part in every step's reduction;
+        the loss and every gradient are unchanged (an unused parameter's gradient is 0 instead of none).
+        """
+        anchor = sum(parameter.sum() for parameter in self.parameters() if parameter.requires_grad)
+        return loss + 0.0 * anchor
+
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
@@ -205,7 +226,7 @@ class FusionModule(pl.LightningModule):
                 self._panel.append((key, row.detach().cpu()))
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict({f"val/{name}": value for name, value in self.val_tracker.compute().items()}, sync_dist=False)
+        self.log_dict(self._metric_logs("val", self.val_tracker.compute()), sync_dist=False)
         self.val_tracker.reset()
         self._log_panel()
 
@@ -213,8 +234,16 @@ class FusionModule(pl.LightningModule):
         self._evaluate(batch, self.test_tracker)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict({f"test/{name}": value for name, value in self.test_tracker.compute().items()}, sync_dist=False)
+        self.log_dict(self._metric_logs("test", self.test_tracker.compute()), sync_dist=False)
         self.test_tracker.reset()
+
+    def _metric_logs(self, stage: str, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``<stage>/<task>/<metric>`` per value, and ``<stage>/score``: the score metric's mean over tasks."""
+        logs = {f"{stage}/{name}": value for name, value in values.items()}
+        per_task = [value for name, value in values.items() if name.split("/")[-1] == self.score_metric]
+        if per_task:
+            logs[f"{stage}/score"] = torch.stack(per_task).mean()
+        return logs
 
     def _log_panel(self) -> None:
         panel, self._panel = self._panel, []

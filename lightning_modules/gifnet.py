@@ -2,6 +2,19 @@
 
 The network, its published sizes and where it departs from the public implementation are described in
 :mod:`lightning_modules.networks.gifnet`; the losses per task in :class:`GIFNetModule`.
+
+Which branch fuses a task, and why it is the branch that task trains: GIFNet has two task branches
+(IVIF, MFIF), and for each sample one of them is primary (its output is the fused image) while the
+other helps through the cross-fusion gate. The published model fuses every task through the MFIF
+branch at inference. A branch only learns to fuse a task when that task's loss is computed on its
+output, so here each sample is trained through the very branch that fuses its task at inference
+(``inference_branch``): with the default ``mfif`` every task trains the MFIF branch as primary, the
+path that validation, test and predict evaluate, and the IVIF branch learns as its helper (the loss
+reaches it through the gate and the shared queries, as in the published training). Training a
+task through one branch and evaluating it through the other would evaluate a path that task never
+trained; ``per_task`` keeps GIFNet's split (infrared-visible-like tasks through the IVIF branch,
+see ``ivif_branch_tasks``), in training and inference alike. ``mfif`` stays the default because
+it is the published model's inference path, which the imported official weights reproduce.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from lightning_modules.losses import (
     GradientEnergy,
     energy_weights,
     exposure_weights,
+    focus_weights,
     gradient_loss,
     intensity_loss,
     ms_ssim_loss,
@@ -33,28 +47,37 @@ NETWORK_ARGUMENTS: tuple[str, ...] = tuple(
 )
 """The :class:`GIFNet` sizes that :class:`GIFNetModule` takes as its own arguments (training is on luminance)."""
 
+INFERENCE_BRANCHES: tuple[str, ...] = ("mfif", "ivif", "per_task")
+"""Values of ``inference_branch``: which branch fuses (and so trains) each task."""
+
 
 class GIFNetModule(FusionModule):
     """Trains :class:`GIFNet` on mixed-task batches, one optimizer step per batch.
 
-    Which branch a sample trains: tasks in ``ivif_branch_tasks`` through the IVIF branch, all
-    others through the MFIF branch (the other branch is a frozen helper for that sample, see
-    :class:`CrossGatedBranches`). Losses, each on its own samples (a batch mixes tasks):
+    Which branch a sample trains is the branch that fuses its task at inference (``inference_branch``;
+    why, in the module docstring); the other branch is its helper (see
+    :class:`~lightning_modules.networks.gifnet.CrossGatedBranches`). Losses, each on its own samples
+    (a batch mixes tasks):
 
     - Samples with a target (``gt``: multi-focus, supervised multi-exposure, restoration):
       fidelity of the fused image to it, ``l1 + ssim + gradient`` (logged ``<task>/fidelity_*``).
-    - Samples without one (infrared-visible, medical, NIR, unsupervised multi-exposure):
-      ``intensity`` (L1 to both sources, weighted) and ``gradient`` (L1 of the Sobel magnitude to the
-      per-pixel maximum of the sources'). The intensity weights come from the sources' feature
-      energy per sample (offline image-gradient energy, or a CNN backbone from a local weights
-      file); multi-exposure pairs use per-pixel well-exposedness instead, since which source is right
-      changes across the image.
+    - Samples without one (infrared-visible, medical, NIR, unsupervised multi-exposure, real
+      multi-focus pairs): ``intensity``, the weighted squared error to both sources, whose optimum is
+      their weighted blend (:func:`~lightning_modules.losses.intensity_loss`), and ``gradient`` (L1 of
+      the Sobel magnitude to the per-pixel maximum of the sources'). The weights: the sources' feature
+      energy per sample (offline image-gradient energy, or a CNN backbone from a local weights file);
+      per-pixel well-exposedness for multi-exposure pairs, since which source is right changes across
+      the image; for multi-focus pairs the source in focus at each pixel
+      (:func:`~lightning_modules.losses.focus_weights`), for both terms, so the optimum is the
+      all-in-focus composite.
     - Every sample with a second source or a target: the reconstruction decoder rebuilds the second
       source (for restoration samples, whose second source is the degraded input itself, the clean
       target): ``recon/l1 + recon/ms_ssim`` (1 - MS-SSIM).
 
     The total is the weighted sum of every term over all samples, divided by the batch size, so each
     sample counts equally whatever its task. Logged terms are means over the samples they apply to.
+    Every parameter enters the total at weight zero too (see :meth:`FusionModule.with_every_parameter`):
+    a branch block that no sample of a batch runs still takes part in plain DDP's gradient reduction.
 
     Args:
         encoder_growth: Output channels of each dense encoder layer.
@@ -77,11 +100,13 @@ class GIFNetModule(FusionModule):
             whole image) or ``image`` (the published revised LayerNorm over each image, which the
             published weights need: ``python -m recipes.gifnet import-official``; predict then
             warns when it fuses in tiles, since tiles change the result).
-        ivif_branch_tasks: Tasks trained through the IVIF branch; the rest train the MFIF branch.
-        inference_branch: Branch that fuses at validation, test and predict: ``mfif`` for every task
-            (as the public model), ``ivif``, or ``trained`` (each task through the branch it trains).
-            Like ``inference_chunk_pixels`` and the predict tiling, it is not saved in checkpoints:
-            the config or command line of each run decides it.
+        ivif_branch_tasks: With ``inference_branch: per_task``, the tasks that train and fuse
+            through the IVIF branch; the rest go through the MFIF branch.
+        inference_branch: The branch that fuses each task, at validation, test and predict, and
+            that each task therefore trains: ``mfif`` for every task (the published model's
+            inference path), ``ivif`` for every task, or ``per_task`` (as ``ivif_branch_tasks`` says).
+            It changes the function computed, so it is saved in checkpoints; a command-line value
+            given with ``--ckpt_path`` overrides the saved one, with a warning.
         intensity_weight: Weight of the unsupervised intensity term.
         gradient_weight: Weight of the unsupervised gradient term.
         fidelity_l1_weight: Weight of the L1 distance to the target.
@@ -94,15 +119,16 @@ class GIFNetModule(FusionModule):
         exposure_sigma: Width of the well-exposedness curve for unsupervised multi-exposure samples.
         energy_scales: Pyramid levels of the offline image-gradient energy.
         energy_backbone_weights: Local state_dict file of an ImageNet CNN whose feature energy weights
-            the sources instead (``None``: the offline image-gradient energy). A missing file stops the
-            run at start with instructions.
+            the sources instead (``None``: the offline image-gradient energy). A missing file stops
+            ``fit`` at start with instructions; the CNN is never part of the checkpoint, and
+            validate, test and predict do not need the file.
         energy_backbone: Architecture of that CNN: ``densenet121`` (as GIFNet) or ``resnet18``.
         **kwargs: Optimisation, validation and predict settings of :class:`FusionModule`.
     """
 
-    # Which branch fuses and the strip size only act at inference: a command-line value must win over
-    # the checkpoint's (see FusionModule.predict_time_arguments).
-    predict_time_arguments = (*FusionModule.predict_time_arguments, "inference_branch", "inference_chunk_pixels")
+    # The strip size only acts at inference and never changes a result: a command-line value must win
+    # over the checkpoint's (see FusionModule.predict_time_arguments).
+    predict_time_arguments = (*FusionModule.predict_time_arguments, "inference_chunk_pixels")
 
     def __init__(
         self,
@@ -122,7 +148,7 @@ class GIFNetModule(FusionModule):
         inference_chunk_pixels: int = 40960,
         norm: Literal["pixel", "image"] = "pixel",
         ivif_branch_tasks: tuple[str, ...] = ("ivif", "meif", "med", "nir"),
-        inference_branch: Literal["mfif", "ivif", "trained"] = "mfif",
+        inference_branch: Literal["mfif", "ivif", "per_task"] = "mfif",
         intensity_weight: float = 1.0,
         gradient_weight: float = 1.0,
         fidelity_l1_weight: float = 1.0,
@@ -142,13 +168,21 @@ class GIFNetModule(FusionModule):
         # inference_chunk_pixels is a predict-time argument, so it is not among the saved hparams
         network_arguments = {**self.hparams, "inference_chunk_pixels": inference_chunk_pixels}
         self.network = GIFNet(**{name: network_arguments[name] for name in NETWORK_ARGUMENTS})
-        training_branch = [IVIF_BRANCH if task_name in ivif_branch_tasks else MFIF_BRANCH for task_name in TASKS]
         for task_name in ivif_branch_tasks:
             task_id(task_name)  # an unknown name fails here, listing the known ones
-        self.register_buffer("training_branch", torch.tensor(training_branch), persistent=False)
-        if inference_branch not in ("mfif", "ivif", "trained"):
-            raise ValueError(f"inference_branch must be mfif, ivif or trained, got {inference_branch!r}")
+        if inference_branch not in INFERENCE_BRANCHES:
+            raise ValueError(
+                f"inference_branch must be one of {', '.join(INFERENCE_BRANCHES)}, got {inference_branch!r}"
+            )
         self.inference_branch = inference_branch
+        task_branch = [
+            IVIF_BRANCH
+            if inference_branch == "ivif" or (inference_branch == "per_task" and name in ivif_branch_tasks)
+            else MFIF_BRANCH
+            for name in TASKS
+        ]
+        # the branch of each task id, in training and at inference alike
+        self.register_buffer("task_branch", torch.tensor(task_branch), persistent=False)
         if not 1 <= ms_ssim_scales <= len(MS_SSIM_WEIGHTS):
             raise ValueError(f"ms_ssim_scales must be 1..{len(MS_SSIM_WEIGHTS)}, got {ms_ssim_scales}")
         exponents = MS_SSIM_WEIGHTS[:ms_ssim_scales]
@@ -177,19 +211,23 @@ class GIFNetModule(FusionModule):
     def size_multiple(self) -> int:
         return self.network.size_multiple
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and isinstance(self.energy, BackboneEnergy):
+            self.energy.load_backbone()  # a missing weights file stops the run now, not at the first batch
+
     def fuse(self, a: Tensor, b: Tensor, task: Tensor) -> Tensor:
-        if self.inference_branch == "trained":
-            return self.network(a, b, self.training_branch[task])
-        return self.network(a, b, MFIF_BRANCH if self.inference_branch == "mfif" else IVIF_BRANCH)
+        return self.network(a, b, self.task_branch[task])
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         a, b = batch["a"], second_source(batch)
         features = self.network.encode(a, b)
-        fused = self.network.fuse_features(features, self.training_branch[batch["task"]])
+        fused = self.network.fuse_features(features, self.task_branch[batch["task"]])
         reconstruction = self.network.reconstruct(features)
         # losses in float32 under mixed precision: SSIM variances (E[x^2] - E[x]^2) cancel in bfloat16
         with torch.autocast(a.device.type, enabled=False):
-            return self._weighted_terms(batch, b, fused.float(), reconstruction.float())
+            losses = self._weighted_terms(batch, b, fused.float(), reconstruction.float())
+        losses["loss"] = self.with_every_parameter(losses["loss"])
+        return losses
 
     def _weighted_terms(
         self, batch: dict[str, Any], b: Tensor, fused: Tensor, reconstruction: Tensor
@@ -207,15 +245,15 @@ class GIFNetModule(FusionModule):
             ]
         unsupervised = (~has_gt).nonzero().squeeze(1)
         if unsupervised.numel():
-            fused_u, a_u, b_u = fused[unsupervised], a[unsupervised], b[unsupervised]
+            fused_u, a_u, b_u, task_u = fused[unsupervised], a[unsupervised], b[unsupervised], task[unsupervised]
             terms += [
                 (
                     "intensity",
-                    intensity_loss(fused_u, [a_u, b_u], self._source_weights(a_u, b_u, task[unsupervised])),
-                    task[unsupervised],
+                    intensity_loss(fused_u, [a_u, b_u], self._source_weights(a_u, b_u, task_u)),
+                    task_u,
                     True,
                 ),
-                ("gradient", gradient_loss(fused_u, [a_u, b_u]), task[unsupervised], True),
+                ("gradient", self._gradient_terms(fused_u, a_u, b_u, task_u), task_u, True),
             ]
         # the second source, or for a restoration sample (its b is its a) the clean target
         target = torch.where(has_b[:, None, None, None], batch["b"], batch["gt"])
@@ -240,9 +278,26 @@ class GIFNetModule(FusionModule):
         return logged
 
     def _source_weights(self, a: Tensor, b: Tensor, task: Tensor) -> Tensor:
-        """Intensity weights of both sources, unsupervised samples: (B, 2, 1, 1), or (B, 2, H, W) for multi-exposure."""
-        energy = energy_weights(self.energy(a), self.energy(b))[:, :, None, None]
+        """Intensity weights of both sources, unsupervised samples: (B, 2, 1, 1), or (B, 2, H, W) with per-pixel ones.
+
+        Per sample from the sources' energy; per pixel for multi-exposure (well-exposedness) and
+        multi-focus pairs (the source in focus).
+        """
+        weights = energy_weights(self.energy(a), self.energy(b))[:, :, None, None]
         multi_exposure = (task == task_id("meif"))[:, None, None, None]
-        if not multi_exposure.any():
-            return energy
-        return torch.where(multi_exposure, exposure_weights([a, b], self.exposure_sigma), energy)
+        if multi_exposure.any():
+            weights = torch.where(multi_exposure, exposure_weights([a, b], self.exposure_sigma), weights)
+        multi_focus = (task == task_id("mfif"))[:, None, None, None]
+        if multi_focus.any():
+            weights = torch.where(multi_focus, focus_weights([a, b]), weights)
+        return weights
+
+    def _gradient_terms(self, fused: Tensor, a: Tensor, b: Tensor, task: Tensor) -> Tensor:
+        """Unsupervised gradient term: to the sources' strongest edge; for multi-focus pairs, to the edges in focus."""
+        values = gradient_loss(fused, [a, b])
+        multi_focus = (task == task_id("mfif")).nonzero().squeeze(1)
+        if not multi_focus.numel():
+            return values
+        a_f, b_f = a[multi_focus], b[multi_focus]
+        in_focus = gradient_loss(fused[multi_focus], [a_f, b_f], focus_weights([a_f, b_f]))
+        return values.index_copy(0, multi_focus, in_focus)

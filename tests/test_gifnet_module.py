@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.schema import DEGRADATIONS, TASK_IDS, collate
+from datamodules.schema import DEGRADATIONS, TASK_IDS, TASKS, collate
 from lightning_modules.gifnet import NETWORK_ARGUMENTS, GIFNetModule
 from lightning_modules.inference.tiling import fuse_padded
 from lightning_modules.networks.gifnet import IVIF_BRANCH, MFIF_BRANCH, GIFNet
@@ -105,7 +105,9 @@ def test_multi_exposure_samples_use_per_pixel_exposure_weights() -> None:
 
 
 def test_losses_decrease_when_overfitting_one_batch() -> None:
-    module = tiny_module()
+    # each branch with its own tasks: with one path for all six, the random (unrelated) multi-focus
+    # target of this batch competes with every other task's term on the same output
+    module = tiny_module(inference_branch="per_task")
     batch = mixed_batch(*MIX)
     optimizer = torch.optim.Adam(module.parameters(), lr=3e-3)
     history = []
@@ -143,7 +145,7 @@ def test_fuse_uses_the_configured_branch() -> None:
     for inference_branch, expected_branches in (
         ("mfif", [MFIF_BRANCH] * 2),
         ("ivif", [IVIF_BRANCH] * 2),
-        ("trained", [IVIF_BRANCH, MFIF_BRANCH]),
+        ("per_task", [IVIF_BRANCH, MFIF_BRANCH]),
     ):
         module = tiny_module(inference_branch=inference_branch).eval()
         with torch.no_grad():
@@ -155,9 +157,11 @@ def test_fuse_uses_the_configured_branch() -> None:
 def test_checkpoint_hyperparameters_leave_out_predict_time_arguments() -> None:
     # saved values would override the command line of a later `predict --ckpt_path` (LightningCLI)
     module = tiny_module(predict_tile_size=64, inference_branch="ivif", inference_chunk_pixels=1024)
-    assert set(GIFNetModule.predict_time_arguments) >= {"predict_tile_size", "predict_tile_overlap", "inference_branch"}
+    assert set(GIFNetModule.predict_time_arguments) >= {"predict_tile_size", "predict_tile_overlap"}
     assert not set(module.hparams) & set(GIFNetModule.predict_time_arguments)
     assert module.hparams["window_size"] == TINY["window_size"] and module.network.inference_chunk_pixels == 1024
+    # which branch fuses changes the function computed: it belongs to the checkpoint
+    assert module.hparams["inference_branch"] == "ivif"
 
 
 def test_odd_sizes_are_padded_by_the_caller() -> None:
@@ -175,8 +179,9 @@ def test_odd_sizes_are_padded_by_the_caller() -> None:
 def test_bad_settings_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown task 'ivf'"):
         tiny_module(ivif_branch_tasks=("ivf",))
+    without_weights = tiny_module(energy_backbone_weights=str(tmp_path / "missing.pth"))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        tiny_module(energy_backbone_weights=str(tmp_path / "missing.pth"))
+        without_weights.setup("fit")  # fit stops at start; validate, test and predict do not need the file
     with pytest.raises(ValueError, match="ms_ssim_scales"):
         tiny_module(ms_ssim_scales=6)
 
@@ -191,3 +196,66 @@ def test_losses_stay_float32_under_bf16_autocast() -> None:
     for name, value in mixed.items():
         assert value.dtype == torch.float32, name
         assert value.item() == pytest.approx(exact[name].item(), rel=0.05, abs=5e-3), name
+
+
+@pytest.mark.parametrize("inference_branch", ["mfif", "per_task"])
+@pytest.mark.parametrize("task", TASKS)
+def test_one_training_step_on_a_task_trains_the_branch_that_fuses_it(inference_branch: str, task: str) -> None:
+    module = tiny_module(inference_branch=inference_branch)
+    ivif_tasks = inspect.signature(GIFNetModule).parameters["ivif_branch_tasks"].default
+    fusing = IVIF_BRANCH if inference_branch == "per_task" and task in ivif_tasks else MFIF_BRANCH
+    branch_parameters = [
+        *module.network.branches.embed[fusing].parameters(),
+        *module.network.branches.blocks[fusing].parameters(),
+    ]
+    before = [parameter.detach().clone() for parameter in branch_parameters]
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    batch = mixed_batch([task] * 2, [task in ("mfif", "restore")] * 2)
+    module.training_losses(batch)["loss"].backward()
+    optimizer.step()
+    unchanged = [index for index, (old, new) in enumerate(zip(before, branch_parameters)) if torch.equal(old, new)]
+    assert not unchanged, f"{task}: parameters {unchanged} of the branch that fuses it did not train"
+
+
+def test_every_parameter_gets_a_gradient_whatever_the_batch_trains() -> None:
+    """Plain DDP reduces every parameter each step: none may be left without a gradient."""
+    for inference_branch in ("mfif", "per_task"):
+        module = tiny_module(inference_branch=inference_branch)
+        module.training_losses(mixed_batch(["ivif", "meif"], [False, False]))["loss"].backward()
+        missing = [name for name, parameter in module.named_parameters() if parameter.grad is None]
+        assert not missing, f"{inference_branch}: no gradient for {missing}"
+
+
+def test_multi_focus_pairs_without_a_target_are_weighted_by_focus() -> None:
+    module = tiny_module()
+    batch = mixed_batch(["mfif", "ivif"], [False, False])
+    sharp = batch["a"][0].clone()
+    blurred = torch.nn.functional.avg_pool2d(sharp[None], 5, stride=1, padding=2, count_include_pad=False)[0]
+    batch["a"][0, :, :, :16], batch["b"][0, :, :, :16] = sharp[:, :, :16], blurred[:, :, :16]  # a in focus left
+    batch["a"][0, :, :, 16:], batch["b"][0, :, :, 16:] = blurred[:, :, 16:], sharp[:, :, 16:]  # b in focus right
+    weights = module._source_weights(batch["a"], batch["b"], batch["task"])
+    assert weights[0, 0, :, 4:12].min() == 1 and weights[0, 1, :, 20:28].min() == 1
+    assert torch.allclose(weights[1], weights[1, :, :1, :1].expand(2, 32, 32))  # ivif: one weight per source
+
+
+def test_the_backbone_stays_out_of_the_checkpoint_and_the_optimiser(tmp_path: Path) -> None:
+    import torchvision.models as models
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(models.resnet18(weights=None).state_dict(), weights)
+    module = tiny_module(energy_backbone_weights=str(weights), energy_backbone="resnet18")
+    module.setup("fit")
+    losses = module.training_losses(mixed_batch(["ivif", "med"], [False, False]))
+    assert torch.isfinite(losses["loss"])
+    assert all(name.startswith("network.") for name in module.state_dict())
+    assert {id(parameter) for parameter in module.parameters()} == {id(p) for p in module.network.parameters()}
+    # predict from the saved weights needs only the fusion network, not the backbone's file
+    weights.unlink()
+    restored = tiny_module(energy_backbone_weights=str(weights), energy_backbone="resnet18")
+    restored.load_state_dict(module.state_dict())
+    batch = mixed_batch(["ivif"], [False])
+    with torch.no_grad():
+        assert torch.equal(
+            restored.eval().fuse(batch["a"], batch["b"], batch["task"]),
+            module.eval().fuse(batch["a"], batch["b"], batch["task"]),
+        )
