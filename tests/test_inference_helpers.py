@@ -47,6 +47,26 @@ def test_tile_overlap_must_be_smaller_than_tile() -> None:
         fuse_in_tiles(windowed_mean_fuse(1), a, a, None, multiple=1, tile_size=16, overlap=16)
 
 
+@pytest.mark.parametrize("overlap", [0, 1, 2])
+def test_small_tile_overlaps_blend_to_finite_values_that_match_whole_fusion(overlap: int) -> None:
+    # overlap 1 used to weigh the shared pixel 0 in both tiles (NaN), overlap 0 crashed
+    torch.manual_seed(0)
+    a, b = torch.rand(2, 1, 1, 70, 45).unbind(0)
+
+    def pointwise(a: torch.Tensor, b: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        return (a + b) / 2
+
+    tiled = fuse_in_tiles(pointwise, a, b, None, multiple=1, tile_size=16, overlap=overlap)
+    assert torch.isfinite(tiled).all()
+    assert torch.allclose(tiled, (a + b) / 2, atol=1e-6)
+
+
+def test_a_negative_tile_overlap_is_refused_by_name() -> None:
+    a = torch.rand(1, 1, 64, 64)
+    with pytest.raises(ValueError, match="predict_tile_overlap"):
+        fuse_in_tiles(windowed_mean_fuse(1), a, a, None, multiple=1, tile_size=16, overlap=-1)
+
+
 def test_color_comes_from_the_color_source() -> None:
     torch.manual_seed(0)
     fused_y = torch.rand(1, 1, 16, 16)

@@ -49,10 +49,17 @@ def _ramp(length: int, overlap: int, fade_start: bool, fade_end: bool, device: t
     """1 inside a tile, rising from 0 over ``overlap`` pixels on the sides shared with a neighbour.
 
     The outermost pixel of a shared side gets weight 0: a network sees no context past the tile
-    edge, so that pixel is the least trustworthy; the neighbour tile covers it fully.
+    edge, so that pixel is the least trustworthy; the neighbour tile covers it fully. With an
+    overlap of 1 that pixel is the outermost of both tiles, so they share it half and half (0 for
+    both would divide by zero); with no overlap the tiles only abut and nothing fades.
     """
     weights = torch.ones(length, device=device)
-    ramp = torch.arange(overlap, device=device, dtype=torch.float32) / max(overlap, 1)
+    if overlap == 0:
+        return weights
+    if overlap == 1:
+        ramp = torch.full((1,), 0.5, device=device)
+    else:
+        ramp = torch.arange(overlap, device=device, dtype=torch.float32) / overlap
     if fade_start:
         weights[:overlap] = torch.minimum(weights[:overlap], ramp[:length])
     if fade_end:
@@ -75,6 +82,8 @@ def fuse_in_tiles(
     ``whole_image_statistics``: the network normalises with statistics of its whole input, so a
     warning says that tiles change the result whenever an image is split.
     """
+    if overlap < 0:
+        raise ValueError(f"predict tile overlap must be 0 or more pixels, got {overlap} (--model.predict_tile_overlap)")
     if tile_size <= overlap:
         raise ValueError(f"predict tile size ({tile_size}) must be larger than the tile overlap ({overlap})")
     height, width = a.shape[-2:]
