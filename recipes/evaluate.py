@@ -27,7 +27,10 @@ Writes to ``--out``:
 - ``summary.csv`` and ``summary.md``: per task and method, mean and standard deviation over the
   pairs (NaN values left out and counted), the best mean of each metric in bold, an arrow for the
   better direction; missing fused images listed and counted per method;
-- ``plots/<metric>.png``: one figure per metric comparing the methods per task.
+- ``plots/<metric>.png``: one figure per metric comparing the methods per task;
+- with ``--sheet [N]``: ``sheets/<TASK>.png``, a contact sheet per task: N pairs (default 3) spread
+  evenly over the task's pairs (by position, never by score), each row the sources, the target where
+  there is one, every method's fused image and the baselines (grey, as scored), all at one height.
 
 A fused image missing for a pair is listed and counted, never silently skipped; a fused image
 whose size differs from its pair stops the run with both file names; an unknown metric name
@@ -63,6 +66,7 @@ from lightning_modules.metrics import (
     to_grey_levels,
 )
 from lightning_modules.metrics.baselines import BASELINES
+from recipes.contact_sheet import SheetRow, evenly_spaced, write_sheet
 
 FUSED_ONLY_METRICS = ("EN", "SD", "SF", "AG")
 """Metrics of the fused image alone: the ones restoration pairs (no second source) get."""
@@ -150,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--b-dir", default=None, help="folder (under --pairs) of second sources")
     parser.add_argument("--gt-dir", default=None, help="folder (under --pairs) of targets, matched by stem")
+    parser.add_argument(
+        "--sheet",
+        type=int,
+        nargs="?",
+        const=3,
+        default=None,
+        metavar="N",
+        help="also draw a contact sheet per task with N pairs (3 if N is left out) in OUT/sheets",
+    )
+    parser.add_argument("--sheet-height", type=int, default=160, help="pixel height of every image on a contact sheet")
     return parser
 
 
@@ -369,6 +383,32 @@ def write_reports(result: Evaluation, out: Path) -> dict[tuple[str, str, str], S
     return summary
 
 
+def write_sheets(args: argparse.Namespace, folder: Path) -> list[Path]:
+    """Contact sheets ``folder/<TASK>.png`` of ``args.sheet`` pairs per task (see the module docstring)."""
+    fused_folders = parse_fused(args.fused)
+    dataset = PairFolderDataset(args.pairs, task=args.task, a_dir=args.a_dir, b_dir=args.b_dir, gt_dir=args.gt_dir)
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for pair in dataset.pairs:
+        by_task[str(pair["meta"]["task"]).lower()].append(pair)
+    written = []
+    for task in (task for task in TASKS if task in by_task):
+        rows = []
+        for pair in evenly_spaced(by_task[task], args.sheet):
+            paths = pair["paths"]
+            tiles = [(role, read_image(paths[role])) for role in ("a", "b", "gt") if role in paths]
+            for method, fused_folder in fused_folders.items():
+                path = find_fused(fused_folder, method, pair["key"])
+                missing = (f"{method} (missing)", np.full((8, 8), 128, np.uint8))
+                tiles.append((method, read_image(path)) if path else missing)
+            if args.baselines and "b" in paths:
+                a, b = read_grey_levels(paths["a"]), read_grey_levels(paths["b"])
+                for method, fuse in BASELINES.items():
+                    tiles.append((method, torch.round(fuse(a, b).clamp(0, 255))[0, 0].numpy().astype(np.uint8)))
+            rows.append(SheetRow(pair["key"], tiles))
+        written.append(write_sheet(rows, folder / f"{task.upper()}.png", args.sheet_height, title=task.upper()))
+    return written
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -379,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ImageError) as error:  # bad input: the message names the file or the fix
         parser.error(str(error))
     write_reports(result, args.out)
+    if args.sheet:
+        write_sheets(args, args.out / "sheets")
     missing = sum(len(keys) for keys in result.missing.values())
     if missing:
         print(f"{missing} fused image(s) missing; listed in {args.out / 'summary.md'}:", file=sys.stderr)
