@@ -26,14 +26,20 @@ channels) that the decoder reads back, and the learned branches' last layers sta
 network starts as the identity, so restoration begins at the quality of its input and only has to
 learn the correction, which matters for mild degradations (JPEG, slight blur) on a short budget.
 
-**Stage 2, fusion rules in that space.** Pairs (``has_b``): both sources are encoded with the
-sample's prompt (no gradient into the encoder, whose space stage 1 defines), the fusion rules
-(soft per-pixel selection plus a text-guided residual) merge the two latents, D decodes. Losses:
-against ``gt`` where a pair has one (as restoration); otherwise unsupervised, against the decoder's
-restorations of the two sources (so degradations in the sources are not fusion targets):
-L1 to the per-pixel maximum (well-exposedness weights for multi-exposure pairs) plus the gradient
-term to the strongest source gradient, weight ``fusion_weight``. Restoration samples in the mixture
-keep the stage-1 losses.
+**Stage 2, fusion rules in that space.** The unified space is frozen: the encoder E (its
+text-guided attention included) gets no gradient from any loss, and it sits in an optimiser
+parameter group of its own whose learning rate is zero in stage 2, because a zero gradient alone
+would still move it through AdamW's momentum and weight decay (see :meth:`configure_optimizers`).
+Freezing keeps the alignment stage 1 learnt: fusion rules trained on latents that keep moving would
+chase them, and restoration would drift with the fusion losses. Pairs (``has_b``): both sources are
+encoded with the sample's prompt, the fusion rules (soft per-pixel selection plus a text-guided
+residual) merge the two latents, D decodes. Losses: against ``gt`` where a pair has one (as
+restoration); otherwise unsupervised, against the decoder's restorations of the two sources (so
+degradations in the sources are not fusion targets): L1 to the per-pixel maximum (well-exposedness
+weights for multi-exposure pairs) plus the gradient term to the strongest source gradient, weight
+``fusion_weight``. Restoration samples in the mixture keep the restoration and reconstruction
+losses, which now train the decoder alone (the unified loss is still computed and logged: it says
+how far the frozen space keeps degraded latents from clean ones).
 
 The stage follows the step (stage 1 for the first ``stage1_steps`` optimizer steps) unless
 ``stage`` fixes it, e.g. to fine-tune stage 2 from a stage-1 checkpoint.
@@ -212,11 +218,37 @@ class LUREModule(FusionModule):
             return super().predict_step(batch, batch_idx)
 
     # -------------------------------------------------------------------------------- training
-    @property
-    def current_stage(self) -> int:
+    def stage_at(self, step: int) -> int:
+        """The training stage of optimizer step ``step``."""
         if self.stage is not None:
             return self.stage
-        return 1 if self.global_step < self.stage1_steps else 2
+        return 1 if step < self.stage1_steps else 2
+
+    @property
+    def current_stage(self) -> int:
+        return self.stage_at(self.global_step)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """The base optimiser and schedule, with the encoder (the unified space) in a group of its own.
+
+        That group follows the base schedule in stage 1 and has a learning rate of zero in stage 2,
+        which freezes the space under AdamW (no step, no momentum, no weight decay) and works the same
+        under DDP and DeepSpeed, where every parameter still receives its (zero) gradient.
+        """
+        configured = super().configure_optimizers()
+        optimizer = configured["optimizer"]
+        schedule = configured["lr_scheduler"]["scheduler"].lr_lambdas[0]
+        encoder = list(self.net.encoder.parameters())
+        in_encoder = {id(parameter) for parameter in encoder}
+        (group,) = optimizer.param_groups
+        group["params"] = [parameter for parameter in group["params"] if id(parameter) not in in_encoder]
+        optimizer.add_param_group({"params": encoder, "lr": group["initial_lr"]})
+
+        def unified_space_schedule(step: int) -> float:
+            return 0.0 if self.stage_at(step) == 2 else schedule(step)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule, unified_space_schedule])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def image_loss(self, image: Tensor, target: Tensor) -> Tensor:
         """Per-sample L1 + SSIM + gradient fidelity of ``image`` to ``target``: (B,)."""
@@ -267,13 +299,14 @@ class LUREModule(FusionModule):
         zero = torch.zeros((), device=self.device)
         if degraded.shape[0] == 0:  # no restoration pair in the batch and no pseudo task asked for
             return dict.fromkeys(("unified", "restore", "pseudo_unified", "pseudo_restore", "reconstruct"), zero)
-        # One encoder pass over both views; the clean prompt says nothing is wrong.
+        # One encoder pass over both views; the clean prompt says nothing is wrong. Stage 2 freezes the encoder.
         text = self.text_encoder.encode(degraded_prompts + [self.clean_prompt] * clean.shape[0], self.device)
-        latent_degraded, latent_clean = self.net.encode(torch.cat([degraded, clean]), text).chunk(2)
+        with torch.no_grad() if self.current_stage == 2 else contextlib.nullcontext():
+            latent_degraded, latent_clean = self.net.encode(torch.cat([degraded, clean]), text).chunk(2)
         decoded_degraded, decoded_clean = self.net.decode(torch.cat([latent_degraded, latent_clean])).chunk(2)
         unified = unified_latent_error(latent_degraded, latent_clean.detach())
         restored = self.image_loss(decoded_degraded, clean)
-        # reconstruction trains encoder and decoder on clean images, so E keeps telling clean from degraded
+        # reconstruction trains E (stage 1) and D on clean images, so E keeps telling clean from degraded
         reconstructed = self.image_loss(decoded_clean, clean)
         real_count = real.shape[0]
 

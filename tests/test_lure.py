@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import open_clip
@@ -165,7 +166,44 @@ def test_stage_one_trains_restoration_stage_two_adds_fusion_rules() -> None:
     assert float(stage_two["stage"]) == 2 and stage_two["fusion"].item() > 0
     stage_two["loss"].backward()
     assert module.net.rules.select.weight.grad.abs().sum() > 0
-    assert module.net.encoder.stem[0].weight.grad is not None  # from the restoration losses
+    assert any(parameter.grad.abs().sum() > 0 for parameter in module.net.decoder.parameters())  # D trains on
+    # stage 2 freezes the unified space: the encoder's gradient is the zero of the DDP anchor only
+    assert all(float(parameter.grad.abs().sum()) == 0 for parameter in module.net.encoder.parameters())
+
+
+def test_stage_two_freezes_the_unified_space_under_adamw() -> None:
+    """The encoder moves in stage 1, then stays exactly as it is while decoder and fusion rules train on."""
+    torch.manual_seed(0)
+    module = tiny_module(stage1_steps=3, weight_decay=0.1)
+    trainer = SimpleNamespace(estimated_stepping_batches=100, global_step=0)
+    module.trainer = trainer  # what configure_optimizers and the stage switch read
+    configured = module.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    batch = mixed_batch()
+
+    def snapshot(part: str) -> list[torch.Tensor]:
+        return [parameter.detach().clone() for parameter in getattr(module.net, part).parameters()]
+
+    def changed(before: list[torch.Tensor], part: str) -> bool:
+        return any(not torch.equal(old, new) for old, new in zip(before, getattr(module.net, part).parameters()))
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
+            losses = module.training_losses(batch)
+            optimizer.zero_grad()
+            losses["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+            trainer.global_step += 1
+
+    encoder = snapshot("encoder")
+    train(3)
+    assert changed(encoder, "encoder"), "stage 1 trains the encoder"
+    assert module.current_stage == 2 and [group["lr"] for group in optimizer.param_groups][1] == 0.0
+    encoder, decoder, rules = snapshot("encoder"), snapshot("decoder"), snapshot("rules")
+    train(2)  # AdamW's momentum from stage 1 and its weight decay would move a merely gradient-free encoder
+    assert not changed(encoder, "encoder"), "stage 2 left the unified space as stage 1 defined it"
+    assert changed(decoder, "decoder") and changed(rules, "rules")
 
 
 def test_every_parameter_gets_a_gradient_in_stage_one() -> None:
