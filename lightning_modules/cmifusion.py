@@ -1,0 +1,191 @@
+"""CMI-Fusion: dual-attention features and image-text interaction with CLIP prompts (the LightningModule).
+
+The network is :class:`lightning_modules.networks.cmifusion.CMIFusionNet`. Every sample is fused
+with three fixed prompts of its task from the prompt table (``modalities`` in
+``recipes/configs/prompts.yaml``): one describing source ``a`` (e.g. the infrared image), one
+describing source ``b`` (the visible image) and one describing the wanted fused image. ITI attends
+to each prompt's token sequence from the frozen open_clip text tower; the embeddings are encoded
+once, cached, and stored in the checkpoint, so predict needs no CLIP weights.
+
+Losses, per sample by what it has (a batch mixes tasks; the total is the mean over the batch):
+
+- with a target (``gt``: multi-focus, supervised multi-exposure, restoration): fidelity to it,
+  ``fidelity_l1 |f - gt| + fidelity_ssim (1 - SSIM) + fidelity_gradient |grad f - grad gt|``;
+- without (infrared-visible, medical, NIR, unsupervised multi-exposure): ``intensity`` (L1 to both
+  sources, weighted per sample by their gradient energy, or per pixel by well-exposedness for
+  multi-exposure pairs), ``gradient`` (L1 of the Sobel magnitude to the per-pixel maximum of the
+  sources') and ``ssim`` (1 - SSIM to each source, weighted by gradient energy).
+
+A restoration sample is fused with itself (``b = a``) and trained toward its clean target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from datamodules.schema import TASK_IDS, TASKS, second_source
+from lightning_modules.fusion import FusionModule
+from lightning_modules.losses import (
+    GradientEnergy,
+    energy_weights,
+    exposure_weights,
+    gradient_loss,
+    intensity_loss,
+    per_sample_mean,
+    ssim_loss,
+)
+from lightning_modules.networks.cmifusion import CMIFusionNet
+from lightning_modules.prompts import PromptTable
+from lightning_modules.text import PromptEmbeddings, PromptEncoder, TextEncoderConfig
+
+MEIF = TASK_IDS["meif"]
+
+
+class CMIFusionModule(FusionModule):
+    """CMI-Fusion: DAFE per source, ITI with modality and fusion prompts, conv decoder.
+
+    Args:
+        channels: DAFE feature width (also ITI's modality-stage token width).
+        fusion_dim: ITI's fusion-stage token width and the decoder's residual width.
+        heads: Attention heads of every ITI block (must divide ``channels`` and ``fusion_dim``).
+        mlp_ratio: MLP hidden width of every ITI block relative to its token width.
+        fusion_depth: ITI blocks attending to the fusion prompt.
+        decoder_residual_blocks: Residual blocks at the start of the decoder.
+        decoder_channels: Widths of the decoder's narrowing 3x3 convolutions.
+        attention_reduction: Bottleneck ratio of DAFE's channel attention.
+        spatial_kernel: Kernel side of DAFE's spatial-attention gate.
+        text_encoder: The frozen open_clip text tower and where its weights come from.
+        prompt_table: The prompt table YAML (default ``recipes/configs/prompts.yaml``); its
+            ``modalities`` section gives the three prompts of every task.
+        intensity_weight: Weight of the unsupervised intensity term.
+        gradient_weight: Weight of the unsupervised gradient term.
+        ssim_weight: Weight of the unsupervised energy-weighted (1 - SSIM) to the sources.
+        fidelity_l1_weight: Weight of the L1 distance to the target.
+        fidelity_ssim_weight: Weight of 1 - SSIM to the target.
+        fidelity_gradient_weight: Weight of the L1 distance of Sobel magnitudes to the target's.
+        exposure_sigma: Width of the well-exposedness curve for unsupervised multi-exposure samples.
+        energy_scales: Pyramid levels of the image-gradient energy that weights the sources.
+        **kwargs: Optimisation, validation and predict settings of :class:`FusionModule`.
+    """
+
+    def __init__(
+        self,
+        channels: int = 64,
+        fusion_dim: int = 512,
+        heads: int = 8,
+        mlp_ratio: float = 4.0,
+        fusion_depth: int = 2,
+        decoder_residual_blocks: int = 2,
+        decoder_channels: tuple[int, ...] = (256, 128, 64),
+        attention_reduction: int = 8,
+        spatial_kernel: int = 5,
+        text_encoder: TextEncoderConfig | None = None,
+        prompt_table: str | None = None,
+        intensity_weight: float = 1.0,
+        gradient_weight: float = 1.0,
+        ssim_weight: float = 0.5,
+        fidelity_l1_weight: float = 1.0,
+        fidelity_ssim_weight: float = 0.5,
+        fidelity_gradient_weight: float = 1.0,
+        exposure_sigma: float = 0.2,
+        energy_scales: int = 3,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if isinstance(text_encoder, dict):  # load_from_checkpoint passes the saved hyperparameters back as a dict
+            text_encoder = TextEncoderConfig(**text_encoder)
+        text_encoder = text_encoder or TextEncoderConfig()
+        self.save_training_hyperparameters(ignore=("text_encoder",))
+        # a plain dict, so the checkpoint loads with torch.load(weights_only=True)
+        self.hparams["text_encoder"] = dataclasses.asdict(text_encoder)
+        self.text_encoder = PromptEncoder(text_encoder)
+        self.prompt_table = PromptTable.from_yaml(prompt_table)
+        self.net = CMIFusionNet(
+            channels, fusion_dim, self.text_encoder.token_dim, heads, mlp_ratio, fusion_depth,
+            decoder_residual_blocks, tuple(decoder_channels), attention_reduction, spatial_kernel,
+        )
+        self.energy = GradientEnergy(energy_scales)
+        self.exposure_sigma = exposure_sigma
+        self.loss_weights = {
+            "intensity": intensity_weight,
+            "gradient": gradient_weight,
+            "ssim": ssim_weight,
+            "fidelity_l1": fidelity_l1_weight,
+            "fidelity_ssim": fidelity_ssim_weight,
+            "fidelity_gradient": fidelity_gradient_weight,
+        }
+
+    # --------------------------------------------------------------------------------- prompts
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            # Fail before the first step when no text weights are at hand, and cache every task's
+            # prompts, so the checkpoint fuses every task without CLIP weights.
+            self.text_encoder.load_tower()
+            self.text_encoder.encode([p for task in TASKS for p in self.prompt_table.modality_prompts(task)])
+
+    def prompt_embeddings(self, task: Tensor) -> tuple[PromptEmbeddings, PromptEmbeddings, PromptEmbeddings]:
+        """Embeddings of the source-a, source-b and fused-image prompts of each sample's task."""
+        per_sample = [self.prompt_table.modality_prompts(TASKS[index]) for index in task.tolist()]
+        return tuple(self.text_encoder.encode(list(prompts), task.device) for prompts in zip(*per_sample))
+
+    # ------------------------------------------------------------------------------- inference
+    @property
+    def size_multiple(self) -> int:
+        return CMIFusionNet.size_multiple
+
+    @property
+    def whole_image_statistics(self) -> bool:
+        """DAFE's channel attention pools over the whole input, so a tile is fused with its own statistics."""
+        return True
+
+    def fuse(self, a: Tensor, b: Tensor, task: Tensor) -> Tensor:
+        return self.net(a, b, *self.prompt_embeddings(task))
+
+    # -------------------------------------------------------------------------------- training
+    def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        a, b, task, has_gt = batch["a"], second_source(batch), batch["task"], batch["has_gt"]
+        fused = self.fuse(a, b, task)
+        # losses in float32 under mixed precision: SSIM variances (E[x^2] - E[x]^2) cancel in bfloat16
+        with torch.autocast(a.device.type, enabled=False):
+            return self.weighted_terms(fused.float(), a, b, batch["gt"], task, has_gt)
+
+    def weighted_terms(
+        self, fused: Tensor, a: Tensor, b: Tensor, gt: Tensor, task: Tensor, has_gt: Tensor
+    ) -> dict[str, Tensor]:
+        """Every sample's loss terms, their weighted total (``loss``) and per-task means to log."""
+        energy = energy_weights(self.energy(a), self.energy(b))
+        is_exposure = (task == MEIF)[:, None, None, None]
+        exposure = exposure_weights([a, b], self.exposure_sigma)
+        intensity_weights = torch.where(is_exposure, exposure, energy[:, :, None, None])
+        # every term for every sample (each is cheap), then each sample keeps the terms that apply to it
+        unsupervised = {
+            "intensity": intensity_loss(fused, [a, b], intensity_weights),
+            "gradient": gradient_loss(fused, [a, b]),
+            "ssim": energy[:, 0] * ssim_loss(fused, a) + energy[:, 1] * ssim_loss(fused, b),
+        }
+        supervised = {
+            "fidelity_l1": per_sample_mean((fused - gt).abs()),
+            "fidelity_ssim": ssim_loss(fused, gt),
+            "fidelity_gradient": gradient_loss(fused, [gt]),
+        }
+        total = fused.new_zeros(fused.shape[0])
+        logged: dict[str, Tensor] = {}
+        for applies, terms in ((~has_gt, unsupervised), (has_gt, supervised)):
+            for name, values in terms.items():
+                total = total + torch.where(applies, self.loss_weights[name] * values, 0.0)
+                for index in task[applies].unique().tolist():
+                    logged[f"{TASKS[index]}/{name}"] = values[applies & (task == index)].mean()
+        logged["loss"] = total.mean()
+        return logged
+
+    # ------------------------------------------------------------------------------ checkpoint
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["prompt_cache"] = self.text_encoder.cache_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "prompt_cache" in checkpoint:
+            self.text_encoder.load_cache_state(checkpoint["prompt_cache"])
