@@ -169,7 +169,7 @@ def test_the_published_size(capsys: pytest.CaptureFixture[str]) -> None:
     module = CMIFusionModule(**{**model, "text_encoder": TextEncoderConfig(**model["text_encoder"])})
     count = sum(p.numel() for p in module.parameters())
     with capsys.disabled():
-        print(f"\nCMI-Fusion published-size config: {count:,} trainable parameters (no published count at hand to check against)")
+        print(f"\nCMI-Fusion published-size config: {count:,} trainable parameters (no published count to check)")
     # the text tower is frozen and kept out of the module, so this is the fusion network alone
     assert count == sum(p.numel() for p in module.net.parameters()) == 17_785_079
 
