@@ -239,6 +239,28 @@ def test_unreadable_image_is_named(tmp_path: Path) -> None:
     assert str(tmp_path / "a" / "y.png") in str(caught.value)
 
 
+def test_a_failed_rebuild_keeps_the_previous_shards_and_index(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for stem in ("00", "01", "02", "03"):
+        save_png(tmp_path / "a" / f"{stem}.png", random_image(rng, 8, 8))
+        save_png(tmp_path / "b" / f"{stem}.png", random_image(rng, 8, 8))
+    out = tmp_path / "out"
+    build_from_folders(out, a=tmp_path / "a", b=tmp_path / "b", task="meif", maxcount=2, workers=1, progress=False)
+    before = {path.name: path.read_bytes() for path in out.glob("*.tar")}
+    index_before = read_index(out)
+    # the rebuild fails after its first shard is written: one more pair, unreadable, sorted last
+    save_png(tmp_path / "a" / "04.png", random_image(rng, 8, 8))
+    save_png(tmp_path / "b" / "04.png", random_image(rng, 8, 8))
+    (tmp_path / "a" / "05.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    save_png(tmp_path / "b" / "05.png", random_image(rng, 8, 8))
+    with pytest.raises(ImageError, match="05.png"):
+        build_from_folders(out, a=tmp_path / "a", b=tmp_path / "b", task="meif", maxcount=2, workers=1, progress=False)
+    assert {path.name: path.read_bytes() for path in out.glob("*.tar")} == before
+    assert read_index(out) == index_before
+    assert sorted(path.name for path in out.iterdir()) == ["index.json", *sorted(before)], "staging left behind"
+    assert len(_read_back(out)) == 4
+
+
 def test_verify_lists_broken_members(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
     write_shards(out, "mfif", "mfif", count=6, maxcount=3)

@@ -4,7 +4,8 @@ synthesised from the visible photographs of an infrared-visible data set.
 Every image is re-encoded losslessly as a window-decodable PNG (:func:`datamodules.images.encode_png`;
 grey, RGB, 8- and 16-bit kept exactly). Bad input stops the build with one error that names every
 offending file: stems present on one side only, pairs of different sizes (unless ``resize`` says how
-to align them), files that do not decode; no shard of the failed prefix is left behind.
+to align them), files that do not decode; a failed build leaves the previous shards of its prefix
+(and their index entries) as they were.
 
 - :func:`build_from_folders`: ``a``/``b``/``gt`` folders paired by stem, the task given;
 - :func:`build_layout`: a download in a published layout (:mod:`datamodules.shards.layouts`), one
@@ -138,11 +139,9 @@ def _write_jobs(
             pool.join()
     except BaseException:
         writer.close(write_index=False)
-        _remove_prefix(Path(out_dir), prefix)
         raise
     if errors:
         writer.close(write_index=False)
-        _remove_prefix(Path(out_dir), prefix)
         shown = "\n  ".join(errors[:30]) + (f"\n  ... and {len(errors) - 30} more" if len(errors) > 30 else "")
         raise ImageError(f"{len(errors)} of {len(jobs)} inputs could not be used; nothing was written:\n  {shown}")
     writer.close()
@@ -330,8 +329,3 @@ def build_all(
                 index = build_synthetic(target, layout, folder, task, seed, variants, limit, options=options)
                 totals[str(target)] = index["totals"]
     return totals
-
-
-def _remove_prefix(out_dir: Path, prefix: str) -> None:
-    for shard in out_dir.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
-        shard.unlink()

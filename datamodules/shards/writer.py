@@ -11,7 +11,9 @@ import dataclasses
 import io
 import json
 import re
+import shutil
 import tarfile
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,12 @@ class ShardSetWriter:
 
     Use as a context manager; :meth:`write` takes the members from :func:`encode_sample`.
     Rebuilding a prefix replaces its shards and index entries; other prefixes are kept.
+
+    Shards are written into a hidden staging folder inside ``OUT`` and swapped in by
+    :meth:`close` (``write_index=True``): the new shards replace the old ones by rename, leftover
+    old shards of the prefix go, then the index is rewritten. A build that fails (or
+    ``close(write_index=False)``) discards the staging folder, so the previous shards of the
+    prefix and their index entries survive untouched.
     """
 
     def __init__(self, out_dir: str | Path, prefix: str, maxcount: int = 1000, maxsize: int = 1 << 30):
@@ -94,8 +102,8 @@ class ShardSetWriter:
         self._tar: tarfile.TarFile | None = None
         self._keys: set[str] = set()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for old in self.out_dir.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
-            old.unlink()
+        # same file system as OUT, so the swap is a rename; hidden, so no shard pattern matches it
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{prefix}-staging-", dir=self.out_dir))
 
     def __enter__(self) -> ShardSetWriter:
         return self
@@ -107,12 +115,12 @@ class ShardSetWriter:
         self._close_tar()
         entry = _ShardEntry(SHARD_PATTERN.format(prefix=self.prefix, number=len(self.entries)))
         self.entries.append(entry)
-        self._tar = tarfile.open(self.out_dir / entry.name, "w", format=tarfile.GNU_FORMAT)
+        self._tar = tarfile.open(self.staging / entry.name, "w", format=tarfile.GNU_FORMAT)
 
     def _close_tar(self) -> None:
         if self._tar is not None:
             self._tar.close()
-            self.entries[-1].bytes = (self.out_dir / self.entries[-1].name).stat().st_size
+            self.entries[-1].bytes = (self.staging / self.entries[-1].name).stat().st_size
             self._tar = None
 
     def write(self, members: Mapping[str, bytes]) -> None:
@@ -141,9 +149,19 @@ class ShardSetWriter:
         entry.synthetic += int(bool(record.get("synthetic")))
 
     def close(self, write_index: bool = True) -> None:
+        """Swap the new shards in and update the index, or (``write_index=False``) discard them."""
         self._close_tar()
+        if not self.staging.is_dir():  # closed already
+            return
         if write_index:
+            names = {entry.name for entry in self.entries}
+            for name in sorted(names):
+                (self.staging / name).replace(self.out_dir / name)
+            for old in self.out_dir.glob(f"{self.prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+                if old.name not in names:
+                    old.unlink()
             update_index(self.out_dir, self.prefix, [entry.to_json() for entry in self.entries])
+        shutil.rmtree(self.staging)
 
     @property
     def samples(self) -> int:
