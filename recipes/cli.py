@@ -4,17 +4,21 @@ What a recipe gets from :class:`FusionCLI`, on top of LightningCLI's one-to-one 
 
 - ``--run_name``: one run directory ``<runs_dir>/<run_name>`` per run name, stable across
   restarts, so a requeued SLURM job or ``--ckpt_path last`` finds its checkpoints there
-  (``checkpoints/last.ckpt`` and the best ones) and Lightning's SLURM auto-requeue finds its
-  ``hpc_ckpt_*.ckpt``.
-- A W&B logger, offline by default (``WANDB_MODE=online`` turns syncing on), writing under the
-  run directory, with a run id derived from the run name so every restart appends to one W&B run.
-- ``--output_dir`` for ``predict``: fused images are written there as PNG, same stem and bit depth.
+  (``checkpoints/last.ckpt``, the best ones, the requeue's ``hpc_ckpt_*.ckpt``). Which checkpoint a
+  command starts from, and why a fresh ``fit`` into a run with checkpoints refuses (unless
+  ``--overwrite true``), is :mod:`recipes.run_identity`; ``validate`` / ``test`` / ``predict``
+  need ``--ckpt_path`` (or ``--untrained true``).
+- For ``fit``, a W&B logger, offline by default (``WANDB_MODE=online`` turns syncing on), writing
+  under the run directory, with a run id derived from the project and the run name so every
+  restart appends to one W&B run. ``validate`` / ``test`` / ``predict`` log nowhere by default;
+  with ``--trainer.logger true`` each gets a W&B run of its own (named ``<run_name>-<subcommand>``).
+- ``--output_dir`` for ``predict``: fused images are written there as PNG, same stem and bit depth;
+  predictions are not also kept in memory (``return_predictions`` is off unless set).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -25,13 +29,9 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 
 from lightning_modules.inference.writer import FusedImageWriter
+from recipes.run_identity import evaluation_checkpoint, fit_checkpoint, wandb_run_id
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def wandb_run_id(run_name: str) -> str:
-    """A W&B run id that depends on the run name only, so a restarted run resumes the same W&B run."""
-    return hashlib.sha1(run_name.encode()).hexdigest()[:16]
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -75,6 +75,19 @@ class FusionCLI(LightningCLI):
         )
         parser.add_argument("--wandb_project", type=str, default="unifuse", help="W&B project name.")
         parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="fit: start afresh in a run directory that holds checkpoints, deleting them first "
+            "(without it such a fit refuses: resume with --ckpt_path last, or choose a new --run_name).",
+        )
+        parser.add_argument(
+            "--untrained",
+            type=bool,
+            default=False,
+            help="validate/test/predict: run the randomly initialised network without --ckpt_path, on purpose.",
+        )
+        parser.add_argument(
             "--output_dir",
             type=str | None,
             default=None,
@@ -88,6 +101,23 @@ class FusionCLI(LightningCLI):
             {"checkpoint.save_last": False, "checkpoint.save_top_k": 1, "checkpoint.enable_version_counter": False}
         )
 
+    def before_instantiate_classes(self) -> None:
+        if not self.subcommand:
+            return
+        config = self.config[self.subcommand]
+        if self.subcommand == "predict" and config.return_predictions is None:
+            # the writer has saved every fusion; keeping them all too would grow memory with each pair
+            config.return_predictions = False
+        run_dir = Path(config.runs_dir) / config.run_name
+        checkpoint_dir = Path(config.checkpoint.dirpath or run_dir / "checkpoints")
+        if self.subcommand == "fit":
+            config.ckpt_path = fit_checkpoint(config.ckpt_path, run_dir, checkpoint_dir, config.overwrite)
+            return
+        resolved = evaluation_checkpoint(self.subcommand, config.ckpt_path, run_dir, checkpoint_dir, config.untrained)
+        if resolved != config.ckpt_path:
+            config.ckpt_path = resolved
+            self._parse_ckpt_path()  # the model's saved hyperparameters, as for a checkpoint path given
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # run=False (programmatic use) has no subcommand level in the config
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -99,16 +129,26 @@ class FusionCLI(LightningCLI):
         # one run directory per run name: a resumed run overwrites its last.ckpt, never last-v1.ckpt
         callbacks: list[Any] = [LastCheckpoint(checkpoint.dirpath)]
         trainer_config = config.trainer
-        if trainer_config.logger in (None, True):
+        offline = os.environ.get("WANDB_MODE", "offline") != "online"
+        training = self.subcommand in (None, "fit")
+        if training and trainer_config.logger in (None, True):
             kwargs["logger"] = WandbLogger(
                 name=config.run_name,
                 project=config.wandb_project,
                 save_dir=str(run_dir),
-                id=wandb_run_id(config.run_name),
-                offline=os.environ.get("WANDB_MODE", "offline") != "online",
+                id=wandb_run_id(config.wandb_project, config.run_name),
+                offline=offline,
                 resume="allow",
             )
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+        elif not training and trainer_config.logger is None:
+            kwargs["logger"] = False  # never append evaluation to the training run's history
+        elif not training and trainer_config.logger is True:
+            # a W&B run of its own (a fresh id each time), grouped with the training run
+            name = f"{config.run_name}-{self.subcommand}"
+            kwargs["logger"] = WandbLogger(
+                name=name, project=config.wandb_project, save_dir=str(run_dir), offline=offline, group=config.run_name
+            )
         if self.subcommand == "predict":
             callbacks.append(FusedImageWriter(config.output_dir or str(run_dir / "predictions")))
         if trainer_config.default_root_dir is None:

@@ -26,7 +26,7 @@ from _deepspeed_roundtrip import (
     build_deepspeed_cpu_ops,
 )
 
-from recipes.cli import wandb_run_id
+from recipes.run_identity import wandb_run_id
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -263,7 +263,7 @@ def test_sigusr1_saves_requeues_and_the_job_resumes_where_it_stopped(
     assert [end["global_step"] for end in final] == [max_steps, max_steps]
     assert final[0]["weights_sha256"] == final[1]["weights_sha256"], "the ranks ended with different weights"
 
-    run_id = wandb_run_id("preempt")
+    run_id = wandb_run_id("unifuse", "preempt")
     assert [start["wandb_run_id"] for start in job.events(0, "start")] == [run_id, run_id]
     wandb_runs = sorted((job.run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(wandb_runs) == 2, f"both runs of the job should log to W&B run {run_id}: {wandb_runs}"

@@ -14,7 +14,8 @@ import torch
 from datamodules.images import encode_png, read_image
 from datamodules.mixture import FusionDataModule
 from lightning_modules.gifnet import GIFNetModule
-from recipes.cli import FusionCLI, wandb_run_id
+from recipes.cli import FusionCLI
+from recipes.run_identity import wandb_run_id
 
 from conftest import PROJECT_ROOT
 from wandb_records import history
@@ -55,7 +56,7 @@ def test_fit_writes_checkpoints_and_offline_wandb_logs(trained_run: Path) -> Non
     assert global_step(run_dir / "checkpoints" / "last.ckpt") == 4
     best = [path for path in (run_dir / "checkpoints").glob("*.ckpt") if path.name != "last.ckpt"]
     assert len(best) == 1, "one best checkpoint by val/ivif/Qabf"
-    [run_file] = (run_dir / "wandb").glob(f"offline-run-*-{wandb_run_id('tiny')}/run-*.wandb")
+    [run_file] = (run_dir / "wandb").glob(f"offline-run-*-{wandb_run_id('unifuse', 'tiny')}/run-*.wandb")
     rows = history(run_file)
     logged = {key for row in rows for key in row}
     assert {
@@ -88,7 +89,9 @@ def test_resume_continues_global_step_and_wandb_run(trained_run: Path, tmp_path:
         runs_dir=resumed_runs,
     )
     assert global_step(resumed_runs / "tiny" / "checkpoints" / "last.ckpt") == 6
-    first, resumed = sorted((resumed_runs / "tiny" / "wandb").glob(f"offline-run-*-{wandb_run_id('tiny')}/run-*.wandb"))
+    first, resumed = sorted(
+        (resumed_runs / "tiny" / "wandb").glob(f"offline-run-*-{wandb_run_id('unifuse', 'tiny')}/run-*.wandb")
+    )
     assert first.name == resumed.name, "both parts of the run log to one W&B run id"
     steps = [row["trainer/global_step"] for row in history(resumed) if "train/loss" in row]
     assert steps and min(steps) >= 4, f"the resumed run logged steps {steps}, expected to continue after step 4"
@@ -204,6 +207,8 @@ def test_predict_on_a_missing_folder_names_it(trained_run: Path, tmp_path: Path)
             TINY,
             "--run_name",
             "tiny",
+            "--ckpt_path",
+            "last",
             "--data.predict_pairs",
             f"[{missing}]",
             "--output_dir",

@@ -1,0 +1,201 @@
+"""Run identity: a fresh fit never writes into an earlier run, resumes take the newest save, and
+validate / test / predict neither run untrained weights by accident nor log into the training run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamodules.images import encode_png
+from datamodules.mixture import FusionDataModule
+from lightning_modules.gifnet import GIFNetModule
+from recipes.cli import FusionCLI
+from recipes.run_identity import RunDirectoryError, fit_checkpoint, newest_resume_checkpoint, wandb_run_id
+
+from conftest import PROJECT_ROOT
+
+TINY = str(PROJECT_ROOT / "tests" / "configs" / "gifnet-tiny.yaml")
+
+
+def touch(path: Path, mtime: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"checkpoint")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def cli(*args: str) -> FusionCLI:
+    return FusionCLI(GIFNetModule, FusionDataModule, default_config="gifnet.yaml", args=list(args))
+
+
+# --- fit into a run directory that holds checkpoints -----------------------------------------------
+
+
+def test_a_fresh_fit_into_a_run_with_checkpoints_refuses_and_names_the_ways_on(tmp_path: Path) -> None:
+    touch(tmp_path / "demo" / "checkpoints" / "last.ckpt", 1000)
+    with pytest.raises(RunDirectoryError) as raised:
+        cli("fit", "--config", TINY, "--runs_dir", str(tmp_path), "--trainer.logger", "false")
+    message = str(raised.value)
+    assert str(tmp_path / "demo") in message
+    assert "--ckpt_path last" in message and "--run_name" in message and "--overwrite true" in message
+    assert (tmp_path / "demo" / "checkpoints" / "last.ckpt").read_bytes() == b"checkpoint", "nothing may be touched"
+
+
+def test_overwrite_deletes_every_old_checkpoint_so_none_is_resumed_later(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    old = [
+        touch(run_dir / "hpc_ckpt_1.ckpt", 1000),
+        touch(run_dir / "checkpoints" / "last.ckpt", 1000),
+        touch(run_dir / "checkpoints" / "epoch=0-step=2.ckpt", 1000),
+    ]
+    assert fit_checkpoint(None, run_dir, run_dir / "checkpoints", overwrite=True) is None
+    assert not any(path.exists() for path in old)
+
+
+def test_a_restarted_slurm_job_resumes_from_the_newest_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    hpc = touch(run_dir / "hpc_ckpt_1.ckpt", 1000)
+    last = touch(checkpoints / "last.ckpt", 2000)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert fit_checkpoint(None, run_dir, checkpoints, overwrite=False) == str(last), "a stale hpc checkpoint won"
+    os.utime(hpc, (3000, 3000))
+    assert fit_checkpoint(None, run_dir, checkpoints, overwrite=False) == str(hpc)
+    # a job's first run is a fresh start by its user: it refuses like any fresh fit
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    with pytest.raises(RunDirectoryError):
+        fit_checkpoint(None, run_dir, checkpoints, overwrite=False)
+
+
+def test_ckpt_path_last_takes_a_newer_hpc_checkpoint_too(tmp_path: Path) -> None:
+    run_dir, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    touch(checkpoints / "last.ckpt", 1000)
+    hpc = touch(run_dir / "hpc_ckpt_2.ckpt", 2000)
+    touch(run_dir / "hpc_ckpt_1.ckpt", 500)
+    assert fit_checkpoint("last", run_dir, checkpoints, overwrite=False) == str(hpc)
+    # a DeepSpeed checkpoint is a folder, dated by its newest file
+    (checkpoints / "last.ckpt").unlink()
+    touch(checkpoints / "last.ckpt" / "checkpoint" / "rank0.pt", 3000)
+    assert newest_resume_checkpoint(run_dir, checkpoints) == checkpoints / "last.ckpt"
+
+
+def test_the_wandb_run_id_depends_on_the_project_too() -> None:
+    assert wandb_run_id("unifuse", "demo") == wandb_run_id("unifuse", "demo")
+    assert wandb_run_id("unifuse", "demo") != wandb_run_id("other-project", "demo")
+
+
+# --- validate / test / predict ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_evaluation_without_a_checkpoint_is_an_error(subcommand: str, tmp_path: Path) -> None:
+    with pytest.raises(RunDirectoryError, match="--ckpt_path.*--untrained true"):
+        cli(subcommand, "--config", TINY, "--runs_dir", str(tmp_path), "--trainer.logger", "false")
+
+
+def test_predict_with_untrained_asked_for_runs_the_random_network(tmp_path: Path) -> None:
+    pair = tmp_path / "pairs" / "IVIF" / "p0"
+    pair.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for role in ("a", "b"):
+        (pair / f"{role}.png").write_bytes(encode_png(rng.integers(0, 256, (32, 40), np.uint8)))
+    cli("predict", "--config", TINY, "--runs_dir", str(tmp_path / "runs"), "--untrained", "true",
+        "--trainer.logger", "false", "--data.predict_pairs", f"[{tmp_path / 'pairs'}]", "--data.eval_workers", "0",
+        "--output_dir", str(tmp_path / "out"))  # fmt: skip
+    assert (tmp_path / "out" / "IVIF" / "p0.png").is_file()
+
+
+def run_recipe(*args: str, runs_dir: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "recipes.gifnet", *args, "--config", TINY, "--runs_dir", str(runs_dir)]
+    result = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GIFNet run ``tiny`` fitted for 2 steps on the demo set; the runs folder."""
+    runs_dir = tmp_path_factory.mktemp("runs")
+    run_recipe("fit", "--run_name", "tiny", "--trainer.max_steps", "2", runs_dir=runs_dir)
+    return runs_dir
+
+
+def wandb_runs(run_dir: Path) -> list[str]:
+    return sorted(path.name.rsplit("-", 1)[-1] for path in (run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_validate_does_not_append_to_the_training_runs_wandb_history(trained_runs: Path) -> None:
+    run_dir = trained_runs / "tiny"
+    fit_id = wandb_run_id("unifuse", "tiny")
+    assert wandb_runs(run_dir) == [fit_id]
+    run_recipe("validate", "--run_name", "tiny", "--ckpt_path", "last", runs_dir=trained_runs)
+    assert wandb_runs(run_dir) == [fit_id], "validate logged (by default it logs nowhere)"
+    run_recipe(
+        "validate", "--run_name", "tiny", "--ckpt_path", "last", "--trainer.logger", "true", runs_dir=trained_runs
+    )
+    runs = wandb_runs(run_dir)
+    assert len(runs) == 2 and runs.count(fit_id) == 1, f"validate with a logger must get a W&B run of its own: {runs}"
+
+
+PEAK_RSS_SCRIPT = """
+import resource, sys
+from datamodules.mixture import FusionDataModule
+from lightning_modules.gifnet import GIFNetModule
+from recipes.cli import FusionCLI
+FusionCLI(GIFNetModule, FusionDataModule, default_config="gifnet.yaml", args=sys.argv[1:])
+print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def predict_peak_rss_kib(runs_dir: Path, pairs: Path, output: Path) -> int:
+    checkpoint = runs_dir / "tiny" / "checkpoints" / "last.ckpt"
+    args = [
+        "predict",
+        "--config",
+        TINY,
+        "--runs_dir",
+        str(runs_dir),
+        "--run_name",
+        "tiny",
+        "--ckpt_path",
+        str(checkpoint),
+        "--data.predict_pairs",
+        f"[{pairs}]",
+        "--output_dir",
+        str(output),
+        "--data.eval_workers",
+        "0",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_SCRIPT, *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return int(result.stdout.split("peak_rss_kib")[-1].split()[0])
+
+
+def test_predict_over_many_pairs_keeps_peak_memory_flat(trained_runs: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    a = encode_png(rng.integers(0, 256, (512, 640, 3), np.uint8))
+    b = encode_png(rng.integers(0, 256, (512, 640, 3), np.uint8))
+    for count in (1, 40):
+        for index in range(count):
+            pair = tmp_path / f"pairs{count}" / "IVIF" / f"p{index:03d}"
+            pair.mkdir(parents=True)
+            (pair / "a.png").write_bytes(a)
+            (pair / "b.png").write_bytes(b)
+    one = predict_peak_rss_kib(trained_runs, tmp_path / "pairs1", tmp_path / "out1")
+    many = predict_peak_rss_kib(trained_runs, tmp_path / "pairs40", tmp_path / "out40")
+    assert len(list((tmp_path / "out40").rglob("*.png"))) == 40
+    # Kept predictions would hold 40 x 512 x 640 x 3 float32 = 150 MiB; a flat run stays within noise.
+    fused_mib = 512 * 640 * 3 * 4 / 2**20
+    assert (many - one) / 1024 < 10 * fused_mib, f"peak RSS grew from {one} KiB (1 pair) to {many} KiB (40 pairs)"
