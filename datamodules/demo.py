@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from datamodules import images, synthesis
+from datamodules.pairs import write_pair_folder
 from datamodules.schema import SampleMeta
 from datamodules.shards.verify import format_totals
 from datamodules.shards.writer import (
@@ -184,14 +185,6 @@ def photo_samples(
             )
 
 
-def _write_pair_folder(folder: Path, arrays: dict[str, np.ndarray], meta: SampleMeta) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for role, array in arrays.items():
-        (folder / f"{role}.png").write_bytes(images.encode_png(array, level=6))
-    record = meta.to_json()
-    (folder / "meta.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-
-
 def build_demo(
     out: str | Path | None = None,
     seed: int = 0,
@@ -227,7 +220,7 @@ def build_demo(
                 if split == "train":
                     writers[meta.task].write(encode_sample(f"demo-{pair_id}", arrays, meta, level=level))
                 else:
-                    _write_pair_folder(staging / "val" / meta.task.upper() / pair_id, arrays, meta)
+                    write_pair_folder(staging / "val" / meta.task.upper() / pair_id, arrays, meta)
                 counts[split] += 1
         for writer in writers.values():
             writer.close()

@@ -45,6 +45,14 @@ from datamodules.schema import (
 )
 
 
+def write_pair_folder(folder: Path, arrays: dict[str, np.ndarray], meta: SampleMeta) -> None:
+    """Write one pair folder (``a.png`` [``b.png``] [``gt.png``] ``meta.json``) that this module reads back."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for role, array in arrays.items():
+        (folder / f"{role}.png").write_bytes(images.encode_png(array, level=6))
+    (folder / "meta.json").write_text(json.dumps(meta.to_json(), indent=1, sort_keys=True) + "\n")
+
+
 def _find_member(folder: Path, role: str) -> Path | None:
     for suffix in images.IMAGE_SUFFIXES:
         for candidate in (folder / f"{role}{suffix}", folder / f"{role}{suffix.upper()}"):

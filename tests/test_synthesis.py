@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-from datamodules import synthesis
+from datamodules import images, synthesis
+from datamodules.pairs import discover_pairs
 from datamodules.shards.build import WriteOptions, build_all, build_synthetic
 from datamodules.shards.stream import StreamStats, expand_urls
 from datamodules.shards.tar import iter_shard, parse_sample
@@ -174,3 +175,30 @@ def test_build_all_on_the_real_downloads(tmp_path: Path) -> None:
         "harvard": 3,
         "mfifb": 1,
     }
+
+
+def test_holdout_photographs_stay_out_of_training_and_become_validation_pairs(tmp_path: Path) -> None:
+    _fake_roadscene(tmp_path / "downloads" / "roadscene", count=3)
+    totals = build_all(tmp_path / "downloads", tmp_path / "shards", ("mfif", "restore"), holdout=1, options=QUIET)
+    names = {Path(folder).name: value["tasks"] for folder, value in totals.items()}
+    assert names == {
+        "roadscene": {"ivif": 2},
+        "roadscene-mfif": {"mfif": 2},
+        "roadscene-restore": {"restore": 10},
+        "roadscene-holdout": {"mfif": 1, "restore": 5},
+    }
+    trained = set(_read(tmp_path / "shards" / "roadscene-mfif")) | set(_read(tmp_path / "shards" / "roadscene"))
+    assert not any("FLIR_00002" in key for key in trained)  # the last photograph is held out
+
+    held = discover_pairs(tmp_path / "shards" / "roadscene-holdout")
+    assert sorted(pair["key"] for pair in held)[0] == "MFIF/roadscene-mfif-FLIR_00002-mf0"
+    assert {pair["meta"]["task"] for pair in held} == {"mfif", "restore"}
+    # the held-out sample is the one the shards would hold for that photograph
+    build_synthetic(tmp_path / "all", "roadscene", tmp_path / "downloads" / "roadscene", "mfif", options=QUIET)
+    (_, members), _ = _read(tmp_path / "all")["roadscene-mfif-FLIR_00002-mf0"]
+    folder = tmp_path / "shards" / "roadscene-holdout" / "MFIF" / "roadscene-mfif-FLIR_00002-mf0"
+    for role in ("a", "b", "gt"):
+        assert np.array_equal(images.read_image(folder / f"{role}.png"), images.decode_png(members[role]))
+
+    with pytest.raises(ValueError, match="--holdout 3 leaves no pair to train on"):
+        build_synthetic(tmp_path / "x", "roadscene", tmp_path / "downloads" / "roadscene", "mfif", holdout=3)

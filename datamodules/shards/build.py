@@ -20,13 +20,15 @@ to align them), files that do not decode; a failed build leaves the previous sha
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +36,9 @@ import numpy as np
 
 from datamodules import images, synthesis
 from datamodules.images import ImageError
+from datamodules.pairs import write_pair_folder
 from datamodules.schema import SampleMeta
-from datamodules.shards.layouts import LAYOUTS, Layout, Pair, discover, get_layout
+from datamodules.shards.layouts import LAYOUTS, Group, Layout, Pair, discover, get_layout
 from datamodules.shards.progress import progress_bar
 from datamodules.shards.writer import ShardSetWriter, encode_sample, read_index
 
@@ -70,17 +73,18 @@ class _SynthesisJob:
     variants: int
     level: int
 
+    def samples(self) -> Iterator[tuple[str, dict[str, np.ndarray], SampleMeta]]:
+        """(key, {role: uint8 image}, metadata) of every sample made from the photograph."""
+        photo = synthesis.to_unit_float(images.read_image(self.photo))
+        # one generator per photograph and task: the same samples whatever the worker order, --limit or --holdout
+        rng = np.random.default_rng([self.seed, zlib.crc32(f"{self.task}/{self.key}".encode())])
+        for name, arrays, tags, how in synthesis.synthetic_samples(photo, self.task, rng, self.variants):
+            meta = SampleMeta(task=self.task, degradations=tags, source=f"{self.source}/{how}", synthetic=True)
+            yield f"{self.key}-{name}", {role: synthesis.to_uint8(array) for role, array in arrays.items()}, meta
+
     def __call__(self) -> Encoded:
         try:
-            photo = synthesis.to_unit_float(images.read_image(self.photo))
-            # one generator per photograph and task: the same samples whatever the worker order or --limit
-            rng = np.random.default_rng([self.seed, zlib.crc32(f"{self.task}/{self.key}".encode())])
-            samples = []
-            for name, arrays, tags, how in synthesis.synthetic_samples(photo, self.task, rng, self.variants):
-                meta = SampleMeta(task=self.task, degradations=tags, source=f"{self.source}/{how}", synthetic=True)
-                as_uint8 = {role: synthesis.to_uint8(array) for role, array in arrays.items()}
-                samples.append(encode_sample(f"{self.key}-{name}", as_uint8, meta, self.level))
-            return samples, None
+            return [encode_sample(key, arrays, meta, self.level) for key, arrays, meta in self.samples()], None
         except (ImageError, ValueError) as error:
             return [], str(error)
 
@@ -233,16 +237,18 @@ def build_layout(
     limit: int | None = None,
     prefix: str | None = None,
     prompt: str | None = None,
+    holdout: int = 0,
     options: WriteOptions | None = None,
 ) -> dict[str, Any]:
     """Shards of a download in a published layout; one prefix per group (``PREFIX[-GROUP]``).
 
-    ``prefix`` defaults to the layout's name; ``limit`` keeps the first pairs of each group.
+    ``prefix`` defaults to the layout's name; ``limit`` keeps the first pairs of each group, of
+    which ``holdout`` leaves out the last ones (see :func:`write_holdout`).
     """
     layout = get_layout(layout) if isinstance(layout, str) else layout
     _check_resize(resize, layout.roles)
     index: dict[str, Any] = {}
-    for group in discover(layout, src, limit):
+    for group in _held_out(discover(layout, src, limit), holdout)[0]:
         meta = SampleMeta(
             task=layout.task,
             degradations=list(layout.degradations),
@@ -254,22 +260,21 @@ def build_layout(
     return index
 
 
-def build_synthetic(
-    out_dir: str | Path,
-    layout: str | Layout,
-    src: str | Path,
-    task: str,
-    seed: int = 0,
-    variants: int = 1,
-    limit: int | None = None,
-    prefix: str | None = None,
-    options: WriteOptions | None = None,
-) -> dict[str, Any]:
-    """Synthetic ``task`` samples from the visible images (``b``) of an infrared-visible download.
+def _held_out(groups: list[Group], holdout: int) -> tuple[list[Group], list[Group]]:
+    """(kept, held out): the last ``holdout`` pairs of every group are held out."""
+    if holdout < 0:
+        raise ValueError(f"--holdout must be 0 or more, got {holdout}")
+    for group in groups:
+        if holdout and holdout >= len(group.pairs):
+            where = f"split {group.name}" if group.name else "the download"
+            raise ValueError(f"--holdout {holdout} leaves no pair to train on in {where} ({len(group.pairs)} pairs)")
+    kept = [Group(group.name, group.pairs[: len(group.pairs) - holdout]) for group in groups]
+    held = [Group(group.name, group.pairs[len(group.pairs) - holdout :]) for group in groups]
+    return kept, held
 
-    Shard prefix ``PREFIX-TASK`` (default prefix: the layout's name), sample keys
-    ``PREFIX-TASK-<pair id>-<variant>``; see :func:`datamodules.synthesis.synthetic_samples`.
-    """
+
+def _synthesis_layout(layout: str | Layout, task: str, variants: int) -> Layout:
+    """``layout`` if synthesis of ``task`` can use its photographs, else an error saying why."""
     layout = get_layout(layout) if isinstance(layout, str) else layout
     if layout.task != "ivif":
         ivif = ", ".join(name for name, known in LAYOUTS.items() if known.task == "ivif")
@@ -281,15 +286,87 @@ def build_synthetic(
         raise ValueError(f"cannot synthesise {task!r}; choose from {', '.join(synthesis.SYNTHETIC_TASKS)}")
     if variants < 1:
         raise ValueError(f"--variants must be at least 1, got {variants}")
-    options = options or WriteOptions()
+    return layout
+
+
+def _synthesis_jobs(
+    layout: Layout, groups: list[Group], task: str, seed: int, variants: int, prefix: str | None, level: int
+) -> list[_SynthesisJob]:
+    """One job per visible image (``b``) of the groups of an infrared-visible download."""
     task_prefix = f"{prefix or layout.name}-{task}"
     jobs = []
-    for group in discover(layout, src, limit):
+    for group in groups:
         group_prefix = f"{task_prefix}-{group.name}" if group.name else task_prefix
         source = f"{layout.title}/{group.name}" if group.name else layout.title
         for key, (pair_id, paths) in zip(_keys(group_prefix, group.pairs), group.pairs):
-            jobs.append(_SynthesisJob(key, paths["b"], task, f"{source}/{pair_id}", seed, variants, options.level))
-    return _write_jobs(out_dir, task_prefix, jobs, options)
+            jobs.append(_SynthesisJob(key, paths["b"], task, f"{source}/{pair_id}", seed, variants, level))
+    return jobs
+
+
+def build_synthetic(
+    out_dir: str | Path,
+    layout: str | Layout,
+    src: str | Path,
+    task: str,
+    seed: int = 0,
+    variants: int = 1,
+    limit: int | None = None,
+    prefix: str | None = None,
+    holdout: int = 0,
+    options: WriteOptions | None = None,
+) -> dict[str, Any]:
+    """Synthetic ``task`` samples from the visible images (``b``) of an infrared-visible download.
+
+    Shard prefix ``PREFIX-TASK`` (default prefix: the layout's name), sample keys
+    ``PREFIX-TASK-<pair id>-<variant>``; see :func:`datamodules.synthesis.synthetic_samples`.
+    ``limit`` and ``holdout`` choose the photographs as in :func:`build_layout`.
+    """
+    layout = _synthesis_layout(layout, task, variants)
+    options = options or WriteOptions()
+    groups = _held_out(discover(layout, src, limit), holdout)[0]
+    jobs = _synthesis_jobs(layout, groups, task, seed, variants, prefix, options.level)
+    return _write_jobs(out_dir, f"{prefix or layout.name}-{task}", jobs, options)
+
+
+def write_holdout(
+    out_dir: str | Path,
+    layout: str | Layout,
+    src: str | Path,
+    holdout: int,
+    tasks: Sequence[str] = synthesis.SYNTHETIC_TASKS,
+    seed: int = 0,
+    variants: int = 1,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """The synthetic samples of the held-out photographs as pair folders ``OUT/<TASK>/<key>/``.
+
+    The held-out photographs are the last ``holdout`` pairs of each group, which :func:`build_layout`
+    and :func:`build_synthetic` leave out with the same ``holdout``: validation and test on real
+    photographs that no training shard holds (``data.val_pairs``). Each sample is the one the
+    shards would hold for that photograph. Returns totals in the index's form.
+    """
+    layout = get_layout(layout) if isinstance(layout, str) else layout
+    for task in tasks:
+        _synthesis_layout(layout, task, variants)
+    held = _held_out(discover(layout, src, limit), holdout)[1]
+    tasks_done: collections.Counter = collections.Counter()
+    degradations: collections.Counter = collections.Counter()
+    for task in tasks:
+        shutil.rmtree(Path(out_dir) / task.upper(), ignore_errors=True)  # no stale pairs from an earlier build
+        for job in _synthesis_jobs(layout, held, task, seed, variants, None, level=0):
+            for key, arrays, meta in job.samples():
+                write_pair_folder(Path(out_dir) / task.upper() / key, arrays, meta)
+                tasks_done[task] += 1
+                degradations.update(meta.degradations)
+    count = sum(tasks_done.values())
+    return {
+        "shards": 0,
+        "samples": count,
+        "bytes": 0,
+        "synthetic": count,
+        "tasks": dict(tasks_done),
+        "degradations": dict(sorted(degradations.items())),
+    }
 
 
 def build_all(
@@ -299,12 +376,15 @@ def build_all(
     seed: int = 0,
     variants: int = 1,
     limit: int | None = None,
+    holdout: int = 0,
     options: WriteOptions | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every download in ``src`` whose folder is named after a layout (``roadscene/``, ``harvard/``,
     ``MSRS/``, ...) into ``out/<layout>/``, and for each infrared-visible one the synthetic sets
-    ``out/<layout>-<task>/``. One shard folder per source, so a config weights each on its own.
-    Returns the totals per output folder; subfolders that name no layout are reported, not built.
+    ``out/<layout>-<task>/``; with ``holdout``, the last pairs of each infrared-visible split stay out
+    of all of them and their synthetic samples go to ``out/<layout>-holdout/`` (:func:`write_holdout`).
+    One shard folder per source, so a config weights each on its own. Returns the totals per output
+    folder; subfolders that name no layout are reported, not built.
     """
     src, out = Path(src), Path(out)
     if not src.is_dir():
@@ -321,11 +401,20 @@ def build_all(
         print(f"not a known layout, skipped: {', '.join(skipped)}", file=sys.stderr)
     totals: dict[str, dict[str, Any]] = {}
     for folder, layout in found:
+        photographs = layout.task == "ivif"
         target = out / layout.name
-        totals[str(target)] = build_layout(target, layout, folder, limit=limit, options=options)["totals"]
-        if layout.task == "ivif":
-            for task in synthesize:
-                target = out / f"{layout.name}-{task}"
-                index = build_synthetic(target, layout, folder, task, seed, variants, limit, options=options)
-                totals[str(target)] = index["totals"]
+        totals[str(target)] = build_layout(
+            target, layout, folder, limit=limit, holdout=holdout if photographs else 0, options=options
+        )["totals"]
+        if not photographs:
+            continue
+        for task in synthesize:
+            target = out / f"{layout.name}-{task}"
+            index = build_synthetic(
+                target, layout, folder, task, seed, variants, limit, holdout=holdout, options=options
+            )
+            totals[str(target)] = index["totals"]
+        if holdout:
+            target = out / f"{layout.name}-holdout"
+            totals[str(target)] = write_holdout(target, layout, folder, holdout, synthesize, seed, variants, limit)
     return totals

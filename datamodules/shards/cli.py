@@ -128,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 variants=args.variants,
                 limit=args.limit,
                 prefix=args.prefix,
+                holdout=args.holdout,
                 options=_options(args),
             )
             print(f"wrote {args.out}/{INDEX_NAME}")
@@ -144,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=args.seed,
                 variants=args.variants,
                 limit=args.limit,
+                holdout=args.holdout,
                 options=_options(args),
             )
             for folder, folder_totals in totals.items():
@@ -206,6 +208,13 @@ def _synthesis_options(parser: argparse.ArgumentParser) -> None:
         help="per photograph: focus or exposure pairs, or severities per degradation kind (default 1, at most 3)",
     )
     parser.add_argument("--limit", type=int, help="only the first N pairs of each split (a quick look)")
+    parser.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        help="leave the last N photographs of each split out of every shard (build-all writes their synthetic "
+        "samples as validation pair folders OUT/<layout>-holdout/)",
+    )
 
 
 def _build(args: argparse.Namespace) -> dict[str, Any]:
