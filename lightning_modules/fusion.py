@@ -133,7 +133,10 @@ class FusionModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------ training
     def configure_model(self) -> None:
-        # after setup, before a resumed checkpoint is restored and before the strategy wraps the model
+        # after setup, before a resumed checkpoint is restored and before the strategy wraps the model;
+        # load_from_checkpoint calls it too, with no trainer: no fit, nothing to load then
+        if self._trainer is None:
+            return
         fresh_fit = self.trainer.state.fn == "fit" and self.trainer.ckpt_path is None
         if self.init_weights is not None and fresh_fit and not self._initial_weights_loaded:
             self.load_initial_weights(self.init_weights)
