@@ -95,7 +95,7 @@ KNOWN_CONFIGS = {
 DEFAULT_CONFIGS = ("gifnet", "gifnet-fast")
 """Always run; the other known configs join when their config files exist."""
 
-REAL_SHARDS_COMMAND = [sys.executable, "-m", "datamodules.shards", "build-real", str(DATASETS)]
+REAL_SHARDS_COMMAND = [sys.executable, "-m", "datamodules.shards", "build-all", str(DATASETS), "data/real"]
 """Builds every training shard set from ../shared/datasets where the real-data configs read them."""
 
 
@@ -175,8 +175,9 @@ def ensure_real_shards(configs: list[BenchConfig]) -> None:
         if config.data_config is None:
             continue
         for source in yaml.safe_load(config.data_config.read_text())["data"]["sources"]:
-            urls = source["urls"]
-            if not all(Path(url).is_file() for url in expand_urls(urls)):
+            urls = source["urls"]  # relative to the project, where the fits run
+            spec = [str(PROJECT_ROOT / url) for url in urls] if isinstance(urls, list) else str(PROJECT_ROOT / urls)
+            if not all(Path(url).is_file() for url in expand_urls(spec)):
                 missing.append(str(urls))
     if missing:
         print(f"building the real training shards ({', '.join(sorted(set(missing)))} missing)", file=sys.stderr)
