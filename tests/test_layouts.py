@@ -259,3 +259,20 @@ def test_real_download_builds(tmp_path: Path, name: str) -> None:
     expected = {"roadscene": ("ivif", 2), "harvard": ("med", 6), "mfifb": ("mfif", 2)}[name]
     assert index["totals"]["tasks"] == {expected[0]: expected[1]}
     assert len(_samples(tmp_path / "out")) == expected[1]
+
+
+def test_cli_layouts_synthesize_and_build_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert shards_main(["layouts"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in layouts.LAYOUTS) and "crop_LR_visible" in listing
+    for number, relative in enumerate(TREES["msrs"][0]):
+        _write(tmp_path / "downloads" / "MSRS", relative, (40, 48, 3) if "/vi/" in relative else (40, 48), seed=number)
+    out = tmp_path / "out"
+    arguments = ["synthesize", str(tmp_path / "downloads" / "MSRS"), str(out / "x"), "--layout", "msrs"]
+    assert shards_main([*arguments, "--task", "restore", "--quiet"]) == 0
+    keys = sorted(_samples(out / "x"))
+    assert len(keys) == 10 and keys[0].startswith("msrs-restore-test-00002N-blur")  # 5 kinds x 2 photographs
+    assert shards_main(["build-all", str(tmp_path / "downloads"), str(out), "--synthesize", "", "--quiet"]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["msrs", "x"]
+    assert shards_main(["build-all", str(tmp_path / "downloads"), str(out), "--synthesize", "ivif"]) == 2
+    assert "--synthesize ivif: choose from mfif, meif, restore" in capsys.readouterr().err
