@@ -45,7 +45,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, Subset, get_worker_info
 
 from datamodules import demo, images
 from datamodules.pairs import PairFolderDataset
@@ -536,6 +536,9 @@ class FusionDataModule(pl.LightningDataModule):
         val_pairs: paired folders for validation (``None`` with the demo: its held-out split; with
             explicit sources: no validation). Layouts in :mod:`datamodules.pairs`, e.g.
             ``../shared/fusion-bench/pairs``.
+        val_pairs_per_task: validate on at most this many pairs of each task, spread evenly over
+            that task's pairs in key order (so a capped set still covers every task, and every
+            dataset of a task folder); ``None``: every pair.
         test_pairs: paired folders for test.
         predict_pairs: paired folders for predict.
         pair_task: task of the pairs when a folder's layout does not say it (see :mod:`datamodules.pairs`).
@@ -560,6 +563,7 @@ class FusionDataModule(pl.LightningDataModule):
         luminance: bool = True,
         seed: int = 0,
         val_pairs: list[str] | None = None,
+        val_pairs_per_task: int | None = None,
         test_pairs: list[str] | None = None,
         predict_pairs: list[str] | None = None,
         pair_task: str | None = None,
@@ -586,6 +590,11 @@ class FusionDataModule(pl.LightningDataModule):
         self.luminance = luminance
         self.seed = seed
         self.val_pairs = _as_list(val_pairs)
+        if val_pairs_per_task is not None and val_pairs_per_task < 1:
+            raise ValueError(
+                f"data.val_pairs_per_task must be at least 1 (or null for every pair), got {val_pairs_per_task}"
+            )
+        self.val_pairs_per_task = val_pairs_per_task
         self.test_pairs = _as_list(test_pairs)
         self.predict_pairs = _as_list(predict_pairs)
         self.pair_task = pair_task
@@ -678,7 +687,7 @@ class FusionDataModule(pl.LightningDataModule):
         )
         return self._train_loader
 
-    def _pairs_loader(self, roots: list[str] | None, what: str) -> DataLoader:
+    def _pairs_loader(self, roots: list[str] | None, what: str, per_task: int | None = None) -> DataLoader:
         if not roots:
             raise ValueError(
                 f"no {what} data: set data.{what}_pairs to paired folders (layouts in datamodules/pairs.py)"
@@ -688,6 +697,9 @@ class FusionDataModule(pl.LightningDataModule):
             for root in roots
         ]
         dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+        if per_task is not None:
+            tasks = [pair["meta"]["task"] for pairs in datasets for pair in pairs.pairs]
+            dataset = Subset(dataset, evenly_per_task(tasks, per_task))
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,
@@ -700,7 +712,7 @@ class FusionDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_pairs:
             return []
-        return self._pairs_loader(self.val_pairs, "val")
+        return self._pairs_loader(self.val_pairs, "val", self.val_pairs_per_task)
 
     def test_dataloader(self) -> DataLoader:
         return self._pairs_loader(self.test_pairs, "test")
@@ -718,6 +730,18 @@ class FusionDataModule(pl.LightningDataModule):
     @property
     def task_names(self) -> tuple[str, ...]:
         return TASKS
+
+
+def evenly_per_task(tasks: Sequence[str], cap: int) -> list[int]:
+    """Indices of at most ``cap`` items of each task, evenly spaced over that task's items, in index order."""
+    members_of: dict[str, list[int]] = {}
+    for index, task in enumerate(tasks):
+        members_of.setdefault(task, []).append(index)
+    chosen = []
+    for members in members_of.values():
+        count = min(cap, len(members))
+        chosen += [members[step * len(members) // count] for step in range(count)]
+    return sorted(chosen)
 
 
 def _as_list(value: str | list[str] | None) -> list[str] | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_warn
 
 from lightning_modules.inference.writer import FusedImageWriter
 from recipes.run_identity import evaluation_checkpoint, fit_checkpoint, wandb_run_id
@@ -47,21 +49,58 @@ class LastCheckpoint(ModelCheckpoint):
 
 
 class FusionCLI(LightningCLI):
-    """LightningCLI with the platform's run-directory, logging, checkpoint and predict conventions."""
+    """LightningCLI with the platform's run-directory, logging, checkpoint and predict conventions.
+
+    Configs: with no ``--config``, a subcommand runs the recipe's default config (the demo); with one
+    or more ``--config`` files the default config is not read at all, so a user's config never
+    inherits the demo's ``max_steps``, ``batches_per_epoch`` or checkpoint monitor: what it does not
+    set takes the constructors' defaults (``--print_config`` shows the result). Later ``--config``
+    files and command-line options override earlier ones, as in LightningCLI.
+
+    With ``--ckpt_path``, the checkpoint's hyperparameters replace the config's model options (so a
+    checkpoint rebuilds the model it was saved from), except those given on the command line
+    (``--model.NAME VALUE``): those win, with a warning when they differ from the saved value.
+    """
 
     def __init__(self, model_class: type, datamodule_class: type, default_config: str, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a resumed run rewrites its config
         kwargs.setdefault("auto_configure_optimizers", False)  # the module owns its optimiser and schedule
+        self._command_line_model: dict[str, Any] = {}
+        argv = kwargs.get("args")
+        argv = sys.argv[1:] if argv is None else argv
+        default_files = [] if names_config_files(argv) else [str(CONFIG_DIR / default_config)]
         super().__init__(
             model_class,
             datamodule_class,
-            # every subcommand starts from the recipe's default config; --config files override it
             parser_kwargs={
-                subcommand: {"default_config_files": [str(CONFIG_DIR / default_config)]}
+                subcommand: {"default_config_files": default_files}
                 for subcommand in ("fit", "validate", "test", "predict")
             },
             **kwargs,
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        argv = sys.argv[1:] if args is None else args
+        if subcommand and isinstance(argv, list):
+            # before a checkpoint's hyperparameters replace them (_parse_ckpt_path)
+            model = self.config[subcommand].model
+            self._command_line_model = {name: model.get(name) for name in command_line_model_options(argv)}
+
+    def _parse_ckpt_path(self) -> None:
+        super()._parse_ckpt_path()
+        subcommand = self.config.get("subcommand")
+        if not subcommand or not self._command_line_model:
+            return
+        model = self.config[subcommand].model
+        for name, value in self._command_line_model.items():
+            if model.get(name) != value:
+                rank_zero_warn(
+                    f"--model.{name} {value!r} overrides the value {model.get(name)!r} saved in the checkpoint "
+                    f"{self.config[subcommand].ckpt_path}"
+                )
+                model[name] = value
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -156,6 +195,19 @@ class FusionCLI(LightningCLI):
         trainer_settings = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         extra_callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         return self._instantiate_trainer(trainer_settings, extra_callbacks + callbacks)
+
+
+def names_config_files(argv: Any) -> bool:
+    """Whether a command line (a list of arguments) passes ``--config`` / ``-c`` files."""
+    if not isinstance(argv, list):
+        return False
+    return any(token in ("--config", "-c") or str(token).startswith("--config=") for token in argv)
+
+
+def command_line_model_options(argv: list[str]) -> list[str]:
+    """The model arguments a command line sets: ``--model.NAME VALUE`` or ``--model.NAME=VALUE`` (top-level NAME)."""
+    names = [str(token).removeprefix("--model.").split("=", 1)[0].split(".")[0] for token in argv]
+    return list(dict.fromkeys(name for name, token in zip(names, argv) if str(token).startswith("--model.")))
 
 
 def convert_checkpoint_command(argv: list[str], prog: str) -> None:
