@@ -575,6 +575,11 @@ class FusionDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
     ):
         super().__init__()
+        if sources is not None and len(sources) == 0:
+            raise ValueError(
+                "data.sources is an empty list: name at least one shard source, or leave data.sources unset "
+                "(null) to train on the built-in demo set"
+            )
         self.sources = (
             [source if isinstance(source, ShardSource) else ShardSource(**source) for source in sources]
             if sources
@@ -629,6 +634,12 @@ class FusionDataModule(pl.LightningDataModule):
             if self.val_pairs is None:
                 self.val_pairs = [str(root / "val")]
         if stage in (None, "fit") and self.train_stream is None:
+            if not self.val_pairs:
+                log.warning(
+                    "data.val_pairs is not set, so this fit runs no validation (no val metrics; a checkpoint "
+                    "monitor on them never saves a best checkpoint). Set data.val_pairs to paired folders, "
+                    "e.g. '[../shared/fusion-bench/pairs]', to validate"
+                )
             self._check_tasks()
             rank, world = self._position()
             self.train_stream = MixtureStream(
@@ -656,8 +667,13 @@ class FusionDataModule(pl.LightningDataModule):
             }
             for folder in folders:
                 try:
-                    index = read_index(folder)
-                except (FileNotFoundError, ValueError):
+                    index = read_index(folder)  # an index that exists but cannot be read stops the run
+                except FileNotFoundError:
+                    log.warning(
+                        "source %s: no index.json in %s, so its declared task %s is checked per sample only; "
+                        "build the shards with `python -m datamodules.shards build` to get an index",
+                        source.label, folder, source.task,
+                    )  # fmt: skip
                     continue
                 names = {Path(url).name for url in expand_urls(source.urls)}
                 tasks = {task for shard in index["shards"] if shard["name"] in names for task in shard["tasks"]}

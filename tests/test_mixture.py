@@ -324,3 +324,32 @@ def test_fit_with_lightning(three_tasks: Path, tmp_path: Path) -> None:
 
 def test_task_names_are_the_schema_tasks() -> None:
     assert FusionDataModule().task_names == TASKS
+
+
+def test_an_empty_source_list_is_an_error_not_the_demo_set() -> None:
+    with pytest.raises(ValueError, match=r"data.sources is an empty list.*unset \(null\)"):
+        FusionDataModule(sources=[])
+
+
+def test_explicit_sources_without_val_pairs_warn_that_nothing_validates(
+    three_tasks: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    module = FusionDataModule(sources=_sources(three_tasks), batch_size=2, crop_size=CROP, num_workers=0)
+    with caplog.at_level(logging.WARNING, logger="datamodules.mixture"):
+        module.setup("fit")
+    assert any("data.val_pairs is not set" in record.getMessage() for record in caplog.records)
+
+
+def test_an_index_that_cannot_be_read_stops_the_run_and_names_itself(tmp_path: Path) -> None:
+    write_shards(tmp_path, "ivif", "ivif", count=4, maxcount=2)
+    (tmp_path / "index.json").write_text('{"format": "unifuse-shards/1", "shards": [')  # cut off mid-write
+    module = FusionDataModule(
+        sources=[ShardSource(urls=str(tmp_path / "ivif-{000000..000001}.tar"), task="ivif")],
+        batch_size=2,
+        crop_size=CROP,
+        batches_per_epoch=2,
+        num_workers=0,
+        val_pairs=[str(tmp_path)],
+    )
+    with pytest.raises(ValueError, match=r"index.json: not a valid index.*rebuild the shards"):
+        module.setup("fit")

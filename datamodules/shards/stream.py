@@ -44,7 +44,7 @@ def shard_counts(urls: Sequence[str]) -> dict[str, int] | None:
         if folder not in indexes:
             try:
                 indexes[folder] = {shard["name"]: shard["samples"] for shard in read_index(folder)["shards"]}
-            except (FileNotFoundError, ValueError):
+            except FileNotFoundError:  # no index; one that exists but cannot be read is an error
                 return None
         if path.name not in indexes[folder]:
             return None

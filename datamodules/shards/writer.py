@@ -208,7 +208,10 @@ def read_index(folder: str | Path) -> dict[str, Any]:
             f"{path}: no shard index; build the shards with `python -m datamodules.shards build`"
         ) from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not a valid index ({error})") from None
+        raise ValueError(
+            f"{path}: not a valid index ({error}); rebuild the shards (`python -m datamodules.shards build`) or "
+            f"restore the file"
+        ) from None
     if index.get("format") != INDEX_FORMAT:
         raise ValueError(f"{path}: unknown index format {index.get('format')!r} (expected {INDEX_FORMAT})")
     return index
