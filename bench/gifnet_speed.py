@@ -83,8 +83,9 @@ def median_seconds(run: Callable[[], Any], repeats: int) -> tuple[float, list[fl
     return statistics.median(wall for wall, _ in times), times
 
 
-def autocast(precision: str) -> torch.autocast:
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+def autocast(precision: str, device: str = "cpu") -> torch.autocast:
+    """bfloat16 autocast for ``bf16`` (``bf16-mixed``, as Lightning names it), none for ``fp32``."""
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision in ("bf16", "bf16-mixed"))
 
 
 def inference_pair() -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,10 +137,11 @@ def measure_peak_memory(config: str, threads: int, precision: str) -> dict[str, 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def training_batch() -> dict[str, Any]:
+def training_batch(size: int = TRAIN_SIZE) -> dict[str, Any]:
+    """The public code's iteration as one batch: 2 infrared-visible + 2 multi-focus samples of size x size."""
     generator = torch.Generator().manual_seed(0)
     batch_size = 4
-    images = {name: torch.rand(batch_size, 1, TRAIN_SIZE, TRAIN_SIZE, generator=generator) for name in ("a", "b", "gt")}
+    images = {name: torch.rand(batch_size, 1, size, size, generator=generator) for name in ("a", "b", "gt")}
     return {
         **images,
         "has_b": torch.ones(batch_size, dtype=torch.bool),
