@@ -18,6 +18,8 @@ weights as in bench/family_speed.py; its ``data`` section builds the data plane)
   tensor, ``nonzero`` and boolean-mask indexing, ``unique``), counted with torch.profiler: free on CPU, but the
   count is the GPU's; "+ N opt" counts those inside the optimizer step (the CPU's AdamW reads each
   parameter's step count; the fused CUDA kernel does not).
+- CPU s/step: process CPU time per step, all threads summed: on a shared machine, wall time includes waiting
+  for the cores; CPU time hardly depends on the other load (the public rows' CPU-time ratio likewise).
 - data samples/s: the data plane alone (the config's FusionDataModule loader, same crop and mix) with
   ``--workers`` DataLoader workers (a GPU node gives a GPU about 8 CPU cores); "bound" names what limits the
   step when both run side by side on their own resources (on a small CPU they share the cores).
@@ -362,6 +364,7 @@ def print_tables(rows: list[dict], peers: list[dict], args: argparse.Namespace) 
     compile_column = f"{'compile s':>9} " if args.compile else ""
     print(
         f"\n{'config':<14} {'crop':>4} {'batch':>5} {'M params':>8} {'train samples/s':>15} {'step ms':>8} "
+        f"{'CPU s/step':>10} "
         f"{compile_column}{'peak GB':>7} {'syncs/step':>12} {f'data samples/s ({args.workers} w)':>22} {'bound':>7}"
     )
     for row in rows:
@@ -370,14 +373,19 @@ def print_tables(rows: list[dict], peers: list[dict], args: argparse.Namespace) 
         bound = "" if data is None else ("data" if data < row["samples_per_s"] else "compute")
         data_text = "-" if data is None else f"{data:.1f}"
         syncs = f"{row['syncs_per_step']} + {row['optimizer_syncs_per_step']} opt"
+        cpu = statistics.median(row["window_cpu_s"])
         print(
             f"{row['config']:<14} {row['crop']:>4} {row['samples']:>5} {row['parameters'] / 1e6:>8.3f} "
-            f"{row['samples_per_s']:>15.2f} {1000 * row['step_s']:>8.0f} {compile_value}{row['peak_gb']:>7.2f} "
+            f"{row['samples_per_s']:>15.2f} {1000 * row['step_s']:>8.0f} {cpu:>10.2f} "
+            f"{compile_value}{row['peak_gb']:>7.2f} "
             f"{syncs:>12} {data_text:>22} {bound:>7}"
         )
     if peers:
         print("\nsame 4 samples (2 infrared-visible + 2 multi-focus) as the public GIFNet's iteration, same device")
-        print(f"{'config':<14} {'crop':>4} {'samples/s':>9} {'step s':>7} {'public samples/s':>16} {'ratio':>6}")
+        print(
+            f"{'config':<14} {'crop':>4} {'samples/s':>9} {'step s':>7} {'CPU s':>6} {'public samples/s':>16} "
+            f"{'ratio':>6} {'CPU-time ratio':>14}"
+        )
         public = {row["crop"]: row for row in peers if row["config"] == "public GIFNet"}
         for row in peers:
             if row["config"] == "public GIFNet":
@@ -385,9 +393,11 @@ def print_tables(rows: list[dict], peers: list[dict], args: argparse.Namespace) 
             reference = public.get(row["crop"])
             public_text = f"{reference['samples_per_s']:>16.2f}" if reference else f"{'skipped':>16}"
             ratio = f"{row['samples_per_s'] / reference['samples_per_s']:>5.2f}x" if reference else f"{'-':>6}"
+            cpu = statistics.median(row["window_cpu_s"])
+            cpu_ratio = f"{statistics.median(reference['window_cpu_s']) / cpu:>13.2f}x" if reference else f"{'-':>14}"
             print(
-                f"{row['config']:<14} {row['crop']:>4} {row['samples_per_s']:>9.2f} {row['step_s']:>7.3f} "
-                f"{public_text} {ratio}"
+                f"{row['config']:<14} {row['crop']:>4} {row['samples_per_s']:>9.2f} {row['step_s']:>7.3f} {cpu:>6.2f} "
+                f"{public_text} {ratio} {cpu_ratio}"
             )
         for crop, reference in sorted(public.items()):
             print(f"public GIFNet at {crop}: {reference['step_s']:.3f} s per iteration (two optimizer steps)")
