@@ -173,6 +173,7 @@ def test_imported_model_reproduces_the_published_outputs(imported: Path, tmp_pat
 
 
 @needs_official
+@pytest.mark.slow  # validate and fit the full-size network in fresh processes: about a minute idle
 def test_imported_checkpoint_validates_and_fine_tunes(imported: Path, tmp_path: Path) -> None:
     pairs = tmp_path / "pairs" / "MED"
     pairs.mkdir(parents=True)
