@@ -40,12 +40,12 @@ from lightning_modules.losses import (
 )
 from lightning_modules.networks.cmifusion import CMIFusionNet
 from lightning_modules.prompts import PromptTable
-from lightning_modules.text import PromptEmbeddings, PromptEncoder, TextEncoderConfig
+from lightning_modules.text import PromptCacheCheckpoints, PromptEmbeddings, PromptEncoder, TextEncoderConfig
 
 MEIF = TASK_IDS["meif"]
 
 
-class CMIFusionModule(FusionModule):
+class CMIFusionModule(PromptCacheCheckpoints, FusionModule):
     """CMI-Fusion: DAFE per source, ITI with modality and fusion prompts, conv decoder.
 
     Args:
@@ -181,11 +181,3 @@ class CMIFusionModule(FusionModule):
                     logged[f"{TASKS[index]}/{name}"] = values[applies & (task == index)].mean()
         logged["loss"] = total.mean()
         return logged
-
-    # ------------------------------------------------------------------------------ checkpoint
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["prompt_cache"] = self.text_encoder.cache_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "prompt_cache" in checkpoint:
-            self.text_encoder.load_cache_state(checkpoint["prompt_cache"])

@@ -50,6 +50,13 @@ evaluation uses the sample's own prompt when it has one, else the table's first 
 ``predict_prompt`` replaces every prompt at predict time. The prompt embeddings are cached and
 stored in the checkpoint, so predict needs no CLIP weights for prompts seen in training or in the
 table's evaluation prompts.
+
+**Randomness.** The training draws of this module (prompt choices and paraphrases, which clean
+images become pseudo samples, their degradation kinds, severities and noise) come from generators
+seeded at every training batch from the run's seed, the global rank, the global step and the
+micro-batch within the step (gradient accumulation). So every rank draws differently (torch's
+global generator is seeded alike on all ranks), and a resumed run draws exactly what the
+uninterrupted run would have: the state is the step, which the checkpoint holds already.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ import random
 from collections.abc import Iterator
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -76,7 +84,7 @@ from lightning_modules.losses import (
 )
 from lightning_modules.networks.lure import LURENet, select_text
 from lightning_modules.prompts import PromptTable
-from lightning_modules.text import PromptEncoder, TextEncoderConfig
+from lightning_modules.text import PromptCacheCheckpoints, PromptEncoder, TextEncoderConfig
 
 RESTORE = TASK_IDS["restore"]
 MEIF = TASK_IDS["meif"]
@@ -88,7 +96,7 @@ def unified_latent_error(latent: Tensor, target: Tensor) -> Tensor:
     return per_sample_mean((latent - target).pow(2))
 
 
-class LUREModule(FusionModule):
+class LUREModule(PromptCacheCheckpoints, FusionModule):
     """LURE: unified latent space from restoration pairs, fusion rules inside it, text-guided attention.
 
     Args:
@@ -157,7 +165,9 @@ class LUREModule(FusionModule):
         self.ssim_weight = ssim_weight
         self.gradient_weight = gradient_weight
         self.clean_prompt = self.prompt_table.prompt("restore", NO_DEGRADATION)
-        self._prompt_rng = random.Random(torch.initial_seed())
+        self._draw_seed = torch.initial_seed()  # after seed_everything: the run's seed, the same on every rank
+        self._prompt_rng = random.Random(self._draw_seed)
+        self._pseudo_generator = torch.Generator().manual_seed(self._draw_seed)
         self._active_prompts: list[str] | None = None
 
     # --------------------------------------------------------------------------------- prompts
@@ -167,6 +177,15 @@ class LUREModule(FusionModule):
             # prompt into the cache, so the checkpoint can predict with them without CLIP weights.
             self.text_encoder.load_tower()
             self.text_encoder.encode(self.prompt_table.evaluation_prompts() + [self.clean_prompt])
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # see "Randomness" in the module docstring
+        # the micro-batch within the optimizer step, not batch_idx: a resume restarts batch_idx at 0
+        micro_batch = batch_idx % self.trainer.accumulate_grad_batches
+        words = [self._draw_seed, self.global_rank, self.global_step, micro_batch]
+        seed = int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0])
+        self._prompt_rng.seed(seed)
+        self._pseudo_generator.manual_seed(seed)
 
     def sample_prompts(self, batch: dict[str, Any], training: bool) -> list[str]:
         """One prompt per sample: its own or one composed from the table (see the module docstring)."""
@@ -289,8 +308,8 @@ class LUREModule(FusionModule):
         real = is_pair.nonzero().squeeze(1)
         pool = self.pseudo_clean_pool(batch)
         count = min(pool.shape[0], math.ceil(self.pseudo_fraction * batch["a"].shape[0]))
-        pseudo_clean = pool[torch.randperm(pool.shape[0], device=pool.device)[:count]]
-        pseudo_degraded, pseudo_severities = random_degradations(pseudo_clean)
+        pseudo_clean = pool[torch.randperm(pool.shape[0], generator=self._pseudo_generator)[:count].to(pool.device)]
+        pseudo_degraded, pseudo_severities = random_degradations(pseudo_clean, self._pseudo_generator)
         pseudo_prompts = [self.prompt_table.prompt("restore", s, self._prompt_rng) for s in pseudo_severities.tolist()]
 
         degraded = torch.cat([batch["a"][real], pseudo_degraded])
@@ -344,11 +363,3 @@ class LUREModule(FusionModule):
         )
         unsupervised = intensity + self.gradient_weight * gradient_loss(fused, sources)
         return {"fusion": torch.where(has_gt, supervised, unsupervised).mean()}
-
-    # ------------------------------------------------------------------------------ checkpoint
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["prompt_cache"] = self.text_encoder.cache_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "prompt_cache" in checkpoint:
-            self.text_encoder.load_cache_state(checkpoint["prompt_cache"])

@@ -227,6 +227,24 @@ class PromptEncoder(nn.Module):
         }
 
 
+
+class PromptCacheCheckpoints:
+    """Mixin for a LightningModule whose ``text_encoder`` is a :class:`PromptEncoder`: checkpoints carry its cache.
+
+    The model depends on the prompt embeddings only, so storing the cache (every prompt encoded in the
+    run) is what lets ``predict`` from the checkpoint run without CLIP weights for those prompts.
+    """
+
+    text_encoder: PromptEncoder
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["prompt_cache"] = self.text_encoder.cache_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "prompt_cache" in checkpoint:
+            self.text_encoder.load_cache_state(checkpoint["prompt_cache"])
+
+
 # ----------------------------------------------------------------------------- weight lookup
 # Per tower: the model-config key of its architecture, its option among the model's arguments (for
 # messages), and the state-dict prefix of its weights in a CLIP checkpoint.

@@ -50,13 +50,13 @@ from lightning_modules.losses import (
 )
 from lightning_modules.networks.upfusion import UPFusionNet
 from lightning_modules.prompts import PromptTable
-from lightning_modules.text import CLIPTowerConfig, PromptEncoder
+from lightning_modules.text import CLIPTowerConfig, PromptCacheCheckpoints, PromptEncoder
 
 MEIF = TASK_IDS["meif"]
 NO_DEGRADATION = [0.0] * len(DEGRADATIONS)
 
 
-class UPFusionModule(FusionModule):
+class UPFusionModule(PromptCacheCheckpoints, FusionModule):
     """UP-Fusion: Restormer-style U-Net with SCPM (pretrained image features), GAM and TCPM (prompts).
 
     Args:
@@ -230,11 +230,3 @@ class UPFusionModule(FusionModule):
                 logged[f"{TASKS[index]}/{name}"] = values[tasks == index].mean()
         logged["loss"] = total / fused.shape[0]
         return logged
-
-    # ------------------------------------------------------------------------------ checkpoint
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["prompt_cache"] = self.text_encoder.cache_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "prompt_cache" in checkpoint:
-            self.text_encoder.load_cache_state(checkpoint["prompt_cache"])
