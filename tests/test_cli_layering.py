@@ -8,21 +8,11 @@ from typing import Any
 
 import pytest
 import torch
+from test_gifnet_module import TINY
 
 from datamodules.mixture import FusionDataModule
 from lightning_modules.gifnet import GIFNetModule
 from recipes.cli import FusionCLI, command_line_model_options, names_config_files
-
-TINY_MODEL = dict(
-    encoder_growth=4,
-    encoder_layers=2,
-    reconstruction_channels=(8,),
-    window_size=4,
-    position_hidden=16,
-    decoder_pointwise_channels=(8,),
-    decoder_channels=(8,),
-    ms_ssim_scales=3,
-)
 
 
 class ParsedOnly(FusionCLI):
@@ -59,7 +49,7 @@ def test_config_and_model_options_are_found_on_a_command_line() -> None:
 
 
 def save_checkpoint(path: Path, **hyperparameters: Any) -> Path:
-    module = GIFNetModule(**TINY_MODEL, **hyperparameters)
+    module = GIFNetModule(**{**TINY, **hyperparameters})
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return path
 
