@@ -69,8 +69,13 @@ class CMIFusionModule(PromptCacheCheckpoints, FusionModule):
         fidelity_gradient_weight: Weight of the L1 distance of Sobel magnitudes to the target's.
         exposure_sigma: Width of the well-exposedness curve for unsupervised multi-exposure samples.
         energy_scales: Pyramid levels of the image-gradient energy that weights the sources.
+        inference_chunk_pixels: Pixels per chunk of the image-text interaction outside training
+            (bounds its memory on large images; results do not depend on it). Not saved in checkpoints.
         **kwargs: Optimisation, validation and predict settings of :class:`FusionModule`.
     """
+
+    # the chunk size only acts at inference: a command-line value must win over the checkpoint's
+    predict_time_arguments = (*FusionModule.predict_time_arguments, "inference_chunk_pixels")
 
     def __init__(
         self,
@@ -93,6 +98,7 @@ class CMIFusionModule(PromptCacheCheckpoints, FusionModule):
         fidelity_gradient_weight: float = 1.0,
         exposure_sigma: float = 0.2,
         energy_scales: int = 3,
+        inference_chunk_pixels: int = 65536,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -108,6 +114,7 @@ class CMIFusionModule(PromptCacheCheckpoints, FusionModule):
             channels, fusion_dim, self.text_encoder.token_dim, heads, mlp_ratio, fusion_depth,
             decoder_residual_blocks, tuple(decoder_channels), attention_reduction, spatial_kernel,
         )
+        self.inference_chunk_pixels = inference_chunk_pixels
         self.energy = GradientEnergy(energy_scales)
         self.exposure_sigma = exposure_sigma
         self.loss_weights = {
@@ -143,7 +150,9 @@ class CMIFusionModule(PromptCacheCheckpoints, FusionModule):
         return True
 
     def fuse(self, a: Tensor, b: Tensor, task: Tensor) -> Tensor:
-        return self.net(a, b, *self.prompt_embeddings(task))
+        # in training autograd keeps every chunk's activations anyway, so chunking would save nothing
+        chunk = None if self.training else self.inference_chunk_pixels
+        return self.net(a, b, *self.prompt_embeddings(task), chunk_pixels=chunk)
 
     # -------------------------------------------------------------------------------- training
     def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:

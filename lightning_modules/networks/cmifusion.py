@@ -142,16 +142,33 @@ class ImageTextInteraction(nn.Module):
 
     def forward(
         self, features_a: Tensor, features_b: Tensor, text_a: PromptEmbeddings, text_b: PromptEmbeddings,
-        text_fused: PromptEmbeddings,
+        text_fused: PromptEmbeddings, chunk_pixels: int | None = None,
     ) -> Tensor:
+        """(B, channels, H, W) features of both sources -> (B, fusion_dim, H, W).
+
+        Every step acts on each pixel's token alone (its attention is to the prompt's tokens, not to
+        other pixels), so ``chunk_pixels`` tokens at a time give the same result with memory bounded
+        by the chunk instead of the image (the fusion stage is wide: 512 channels at the published size).
+        """
         batch, _, height, width = features_a.shape
         # every pixel is a token: (B, C, H, W) -> (B, H*W, C)
         tokens_a, tokens_b = (features.flatten(2).transpose(1, 2) for features in (features_a, features_b))
-        tokens = self.attend_a(tokens_a, text_a) + self.attend_b(tokens_b, text_b)
-        tokens = self.widen(tokens)
+        chunk = chunk_pixels or height * width
+        fused = [
+            self.interact(chunk_a, chunk_b, text_a, text_b, text_fused)
+            for chunk_a, chunk_b in zip(tokens_a.split(chunk, dim=1), tokens_b.split(chunk, dim=1))
+        ]
+        return torch.cat(fused, dim=1).transpose(1, 2).reshape(batch, -1, height, width)
+
+    def interact(
+        self, tokens_a: Tensor, tokens_b: Tensor, text_a: PromptEmbeddings, text_b: PromptEmbeddings,
+        text_fused: PromptEmbeddings,
+    ) -> Tensor:
+        """(B, N, channels) tokens of both sources -> (B, N, fusion_dim) fused tokens."""
+        tokens = self.widen(self.attend_a(tokens_a, text_a) + self.attend_b(tokens_b, text_b))
         for block in self.attend_fused:
             tokens = block(tokens, text_fused)
-        return self.norm(tokens).transpose(1, 2).reshape(batch, -1, height, width)
+        return self.norm(tokens)
 
 
 class FusionDecoder(nn.Module):
@@ -219,9 +236,14 @@ class CMIFusionNet(nn.Module):
         self.decoder = FusionDecoder(fusion_dim, decoder_residual_blocks, tuple(decoder_channels))
 
     def forward(
-        self, a: Tensor, b: Tensor, text_a: PromptEmbeddings, text_b: PromptEmbeddings, text_fused: PromptEmbeddings
+        self, a: Tensor, b: Tensor, text_a: PromptEmbeddings, text_b: PromptEmbeddings, text_fused: PromptEmbeddings,
+        chunk_pixels: int | None = None,
     ) -> Tensor:
-        """Fused luminance (B, 1, H, W) of sources ``a`` and ``b`` described by the three prompts."""
-        features = self.interaction(self.extract_a(a), self.extract_b(b), text_a, text_b, text_fused)
+        """Fused luminance (B, 1, H, W) of sources ``a`` and ``b`` described by the three prompts.
+
+        ``chunk_pixels`` bounds the memory of the image-text interaction (same result, see
+        :meth:`ImageTextInteraction.forward`).
+        """
+        features = self.interaction(self.extract_a(a), self.extract_b(b), text_a, text_b, text_fused, chunk_pixels)
         return 0.5 * (a + b) + self.decoder(features)
 
