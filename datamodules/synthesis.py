@@ -16,7 +16,7 @@ table names, not to reproduce any one dataset.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -318,15 +318,28 @@ SYNTHETIC_KINDS: tuple[str, ...] = ("noise", "blur", "lowlight", "haze", "jpeg",
 """The kinds :func:`degrade_batch` can synthesise (rain is left out: streaks need more than a formula)."""
 
 
-def degrade_batch(image: torch.Tensor, kind: str, severity: int) -> torch.Tensor:
-    """``image`` (B, 1, H, W) in [0, 1] degraded by ``kind`` at ``severity`` (1..3), clamped to [0, 1]."""
+def _random(draw: Callable[..., torch.Tensor], shape: Sequence[int], like: torch.Tensor,
+            generator: torch.Generator | None) -> torch.Tensor:  # fmt: skip
+    """``draw`` (torch.rand / randn) of ``shape`` on ``like``'s device and dtype, from ``generator`` if given."""
+    if generator is None:
+        return draw(shape, device=like.device, dtype=like.dtype)
+    return draw(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
+
+
+def degrade_batch(
+    image: torch.Tensor, kind: str, severity: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``image`` (B, 1, H, W) in [0, 1] degraded by ``kind`` at ``severity`` (1..3), clamped to [0, 1].
+
+    Random parts (noise, haze airlight) come from ``generator`` (default: torch's global one).
+    """
     if kind not in SYNTHETIC_KINDS:
         raise ValueError(f"cannot synthesise degradation {kind!r}; synthetic kinds: {', '.join(SYNTHETIC_KINDS)}")
     if not 1 <= severity <= MAX_SEVERITY:
         raise ValueError(f"severity must be 1..{MAX_SEVERITY}, got {severity}")
     level = severity - 1
     if kind == "noise":
-        noise = torch.randn(image.shape, device=image.device, dtype=image.dtype)
+        noise = _random(torch.randn, image.shape, image, generator)
         degraded = image + NOISE_SIGMA[level] * noise
     elif kind == "blur":
         sigma = BLUR_SIGMA[level]
@@ -341,7 +354,7 @@ def degrade_batch(image: torch.Tensor, kind: str, severity: int) -> torch.Tensor
         height = image.shape[-2]
         depth = torch.linspace(1.0, 0.0, height, device=image.device, dtype=image.dtype)[:, None]
         transmission = torch.exp(-HAZE_DENSITY[level] * (0.2 + depth))
-        airlight = 0.75 + 0.2 * torch.rand(image.shape[0], 1, 1, 1, device=image.device, dtype=image.dtype)
+        airlight = 0.75 + 0.2 * _random(torch.rand, (image.shape[0], 1, 1, 1), image, generator)
         degraded = image * transmission + airlight * (1.0 - transmission)
     elif kind == "jpeg":
         # kornia's codec works on RGB; a grey image as three equal channels compresses its luminance only.
@@ -355,21 +368,24 @@ def degrade_batch(image: torch.Tensor, kind: str, severity: int) -> torch.Tensor
     return degraded.clamp(0.0, 1.0)
 
 
-def random_degradations(clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def random_degradations(
+    clean: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each image of ``clean`` (B, 1, H, W) degraded by one random synthetic kind and severity.
 
     Returns the degraded batch and its (B, len(DEGRADATIONS)) severity matrix (the batch contract's
-    ``degradation`` layout), so prompts can be composed for the pseudo samples.
+    ``degradation`` layout), so prompts can be composed for the pseudo samples. Every draw comes
+    from ``generator`` (a CPU generator; default: torch's global one).
     """
     count = clean.shape[0]
-    kinds = torch.randint(len(SYNTHETIC_KINDS), (count,)).tolist()
-    severities = torch.randint(1, MAX_SEVERITY + 1, (count,)).tolist()
+    kinds = torch.randint(len(SYNTHETIC_KINDS), (count,), generator=generator).tolist()
+    severities = torch.randint(1, MAX_SEVERITY + 1, (count,), generator=generator).tolist()
     degraded = torch.empty_like(clean)
     matrix = torch.zeros(count, len(DEGRADATIONS), device=clean.device)
     # samples sharing kind and severity are degraded together (the JPEG codec is slow per call).
     for kind_index, severity in sorted(set(zip(kinds, severities))):
         members = [i for i in range(count) if kinds[i] == kind_index and severities[i] == severity]
         kind = SYNTHETIC_KINDS[kind_index]
-        degraded[members] = degrade_batch(clean[members], kind, severity)
+        degraded[members] = degrade_batch(clean[members], kind, severity, generator)
         matrix[members, DEGRADATIONS.index(kind)] = float(severity)
     return degraded, matrix
