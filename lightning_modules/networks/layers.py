@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+import torch
 from torch import Tensor, nn
 
 
@@ -37,3 +40,30 @@ class ResidualBlock(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return features + self.body(features)
+
+
+def receptive_radius(module: nn.Module) -> int:
+    """How many pixels away a stack of convolutions reads: the sum of its kernels' half-widths."""
+    return sum(conv.kernel_size[0] // 2 for conv in module.modules() if isinstance(conv, nn.Conv2d))
+
+
+def in_row_strips(function: Callable[..., Tensor], inputs: Sequence[Tensor], halo: int, strip_pixels: int) -> Tensor:
+    """``function(*inputs)`` on (B, C, H, W) maps, computed in horizontal strips at inference, exactly.
+
+    For a stack of convolutions that pad themselves and read at most ``halo`` rows away: each strip
+    is computed with ``halo`` real rows more on either side, cropped afterwards, so padding only
+    ever happens at the image's own borders. Bounds memory and keeps every allocation small
+    enough for the allocator to reuse. With autograd enabled the function runs whole (the
+    backward of each strip's slice would write a full-size gradient).
+    """
+    batch, _, height, width = inputs[0].shape
+    strip_rows = max(strip_pixels // (batch * width), halo + 1)
+    if torch.is_grad_enabled() or strip_rows >= height:
+        return function(*inputs)
+    pieces = []
+    for top in range(0, height, strip_rows):
+        bottom = min(top + strip_rows, height)
+        first, last = max(top - halo, 0), min(bottom + halo, height)
+        piece = function(*(tensor[:, :, first:last] for tensor in inputs))
+        pieces.append(piece[:, :, top - first : bottom - first])
+    return torch.cat(pieces, dim=2)
