@@ -69,8 +69,9 @@ class CMIFusionModule(PromptCacheCheckpoints, FusionModule):
         fidelity_gradient_weight: Weight of the L1 distance of Sobel magnitudes to the target's.
         exposure_sigma: Width of the well-exposedness curve for unsupervised multi-exposure samples.
         energy_scales: Pyramid levels of the image-gradient energy that weights the sources.
-        inference_chunk_pixels: Pixels per chunk of the image-text interaction outside training
-            (bounds its memory on large images; results do not depend on it). Not saved in checkpoints.
+        inference_chunk_pixels: Pixels per horizontal strip of the interaction and the decoder
+            outside training (bounds memory on large images; results do not depend on it). Not
+            saved in checkpoints.
         **kwargs: Optimisation, validation and predict settings of :class:`FusionModule`.
     """
 
@@ -150,9 +151,7 @@ class CMIFusionModule(PromptCacheCheckpoints, FusionModule):
         return True
 
     def fuse(self, a: Tensor, b: Tensor, task: Tensor) -> Tensor:
-        # in training autograd keeps every chunk's activations anyway, so chunking would save nothing
-        chunk = None if self.training else self.inference_chunk_pixels
-        return self.net(a, b, *self.prompt_embeddings(task), chunk_pixels=chunk)
+        return self.net(a, b, *self.prompt_embeddings(task), chunk_pixels=self.inference_chunk_pixels)
 
     # -------------------------------------------------------------------------------- training
     def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -29,7 +29,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.networks.layers import ChannelNorm, ResidualBlock, conv3x3, zero_initialised
+from lightning_modules.networks.layers import (
+    ChannelNorm,
+    ResidualBlock,
+    conv3x3,
+    in_row_strips,
+    receptive_radius,
+    zero_initialised,
+)
 from lightning_modules.text import PromptEmbeddings
 
 
@@ -142,33 +149,16 @@ class ImageTextInteraction(nn.Module):
 
     def forward(
         self, features_a: Tensor, features_b: Tensor, text_a: PromptEmbeddings, text_b: PromptEmbeddings,
-        text_fused: PromptEmbeddings, chunk_pixels: int | None = None,
+        text_fused: PromptEmbeddings,
     ) -> Tensor:
-        """(B, channels, H, W) features of both sources -> (B, fusion_dim, H, W).
-
-        Every step acts on each pixel's token alone (its attention is to the prompt's tokens, not to
-        other pixels), so ``chunk_pixels`` tokens at a time give the same result with memory bounded
-        by the chunk instead of the image (the fusion stage is wide: 512 channels at the published size).
-        """
+        """(B, channels, H, W) features of both sources -> (B, fusion_dim, H, W)."""
         batch, _, height, width = features_a.shape
         # every pixel is a token: (B, C, H, W) -> (B, H*W, C)
         tokens_a, tokens_b = (features.flatten(2).transpose(1, 2) for features in (features_a, features_b))
-        chunk = chunk_pixels or height * width
-        fused = [
-            self.interact(chunk_a, chunk_b, text_a, text_b, text_fused)
-            for chunk_a, chunk_b in zip(tokens_a.split(chunk, dim=1), tokens_b.split(chunk, dim=1))
-        ]
-        return torch.cat(fused, dim=1).transpose(1, 2).reshape(batch, -1, height, width)
-
-    def interact(
-        self, tokens_a: Tensor, tokens_b: Tensor, text_a: PromptEmbeddings, text_b: PromptEmbeddings,
-        text_fused: PromptEmbeddings,
-    ) -> Tensor:
-        """(B, N, channels) tokens of both sources -> (B, N, fusion_dim) fused tokens."""
         tokens = self.widen(self.attend_a(tokens_a, text_a) + self.attend_b(tokens_b, text_b))
         for block in self.attend_fused:
             tokens = block(tokens, text_fused)
-        return self.norm(tokens)
+        return self.norm(tokens).transpose(1, 2).reshape(batch, -1, height, width)
 
 
 class FusionDecoder(nn.Module):
@@ -241,9 +231,22 @@ class CMIFusionNet(nn.Module):
     ) -> Tensor:
         """Fused luminance (B, 1, H, W) of sources ``a`` and ``b`` described by the three prompts.
 
-        ``chunk_pixels`` bounds the memory of the image-text interaction (same result, see
-        :meth:`ImageTextInteraction.forward`).
+        With ``chunk_pixels`` (and autograd off) the interaction and the decoder run in horizontal
+        strips of about that many pixels, each with the decoder's receptive radius of real rows
+        around it: the result is the same, and memory is bounded by the strip instead of the image
+        (the interaction's tokens and the decoder's first maps are ``fusion_dim`` wide: 512 at the
+        published size). DAFE runs whole, since its channel attention pools over the whole image.
         """
-        features = self.interaction(self.extract_a(a), self.extract_b(b), text_a, text_b, text_fused, chunk_pixels)
-        return 0.5 * (a + b) + self.decoder(features)
+        features_a, features_b = self.extract_a(a), self.extract_b(b)
+
+        def interact_and_decode(strip_a: Tensor, strip_b: Tensor) -> Tensor:
+            # the interaction acts on each pixel alone, so only the decoder needs rows around a strip
+            return self.decoder(self.interaction(strip_a, strip_b, text_a, text_b, text_fused))
+
+        if chunk_pixels is None:
+            correction = interact_and_decode(features_a, features_b)
+        else:
+            halo = receptive_radius(self.decoder)
+            correction = in_row_strips(interact_and_decode, [features_a, features_b], halo, chunk_pixels)
+        return 0.5 * (a + b) + correction
 
