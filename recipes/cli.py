@@ -37,10 +37,15 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """Rewrites ``last.ckpt`` at every save point, whatever the monitored metric did."""
+    """Rewrites ``last.ckpt`` at every save point, whatever the monitored metric did.
+
+    It is the one "top" checkpoint of a callback that monitors nothing, named ``last``: Lightning's
+    ``save_last`` writes "last" only where the callback's top-k saved too, so with ``save_top_k=0``
+    it wrote ``last.ckpt`` at the end of training only, and a run killed before that had none.
+    """
 
     def __init__(self, dirpath: str) -> None:
-        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, enable_version_counter=False)
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
 
     @property
     def state_key(self) -> str:

@@ -7,14 +7,17 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from pytorch_lightning import Callback, LightningModule, Trainer
 
 from datamodules.images import encode_png
 from datamodules.mixture import FusionDataModule
 from lightning_modules.gifnet import GIFNetModule
-from recipes.cli import FusionCLI
+from recipes.cli import FusionCLI, LastCheckpoint
 from recipes.run_identity import RunDirectoryError, fit_checkpoint, newest_resume_checkpoint, wandb_run_id
 
 from conftest import PROJECT_ROOT
@@ -185,3 +188,38 @@ def test_predict_over_many_pairs_keeps_peak_memory_flat(tmp_path: Path) -> None:
     # kept predictions would add count x one RGB float32 fusion (48 x 12 MiB); flat is within noise
     kept_mib = count * 3 * SIDE * SIDE * 4 / 2**20
     assert many - one < kept_mib / 4, f"peak RSS: {one:.0f} MiB for 1 pair, {many:.0f} MiB for {count} pairs"
+
+
+class _Regression(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        return torch.nn.functional.mse_loss(self.layer(inputs), targets)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        data = torch.utils.data.TensorDataset(torch.randn(8, 4), torch.randn(8, 1))
+        return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+def test_last_ckpt_is_saved_at_every_epoch_end_not_only_when_training_ends(tmp_path: Path) -> None:
+    # a run killed mid-training must find the newest epoch's last.ckpt (validation off, as in the SLURM tests)
+    seen: list[int | None] = []
+
+    class LookAtLast(Callback):
+        def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+            path = tmp_path / "last.ckpt"
+            seen.append(torch.load(path, weights_only=False)["global_step"] if path.exists() else None)
+
+    trainer = Trainer(
+        accelerator="cpu", max_steps=6, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[LastCheckpoint(str(tmp_path)), LookAtLast()], default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(_Regression())
+    assert seen == [None, 2, 4]
+    assert sorted(path.name for path in tmp_path.glob("*.ckpt")) == ["last.ckpt"]
