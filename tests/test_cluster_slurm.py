@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from _cluster_probe import read_events, weights_digest
-from _cluster_slurm import PROJECT_ROOT, LocalSlurmCluster, slurm_installed
+from _cluster_slurm import PROJECT_ROOT, TERMINAL_STATES, LocalSlurmCluster, slurm_installed
 from _deepspeed_roundtrip import (
     assert_converts_and_predict_loads,
     assert_shards_of_both_ranks,
@@ -267,6 +267,65 @@ def test_sigusr1_saves_requeues_and_the_job_resumes_where_it_stopped(
     assert [start["wandb_run_id"] for start in job.events(0, "start")] == [run_id, run_id]
     wandb_runs = sorted((job.run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(wandb_runs) == 2, f"both runs of the job should log to W&B run {run_id}: {wandb_runs}"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step saved in a checkpoint file, or None while it is missing or half written."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    except Exception:  # a file the job is writing fails to load in many ways
+        return None
+
+
+def requeue_and_start_now(cluster: LocalSlurmCluster, job: TrainingJob, restarts: int) -> None:
+    """Wait for the job's ``restarts``-th requeue and let it start at once (SLURM holds it ~2 min)."""
+    fields = cluster.wait_for(
+        job.job_id,
+        lambda f: int(f.get("Restarts", 0)) >= restarts and f["JobState"] not in ("COMPLETING", "REQUEUED"),
+        120,
+        f"requeue {restarts}",
+        job.log,
+    )
+    if fields["JobState"] == "PENDING":
+        cluster.command("scontrol", "update", f"JobId={job.job_id}", "StartTime=now")
+
+
+@pytest.mark.slow
+def test_a_restart_without_the_signal_resumes_from_the_newest_save_not_an_older_hpc_checkpoint(
+    cluster: LocalSlurmCluster, demo_shards: Path, tmp_path: Path
+) -> None:
+    max_steps = 12 * BATCHES_PER_EPOCH  # long enough to kill the resumed run while it trains
+    job = submit_training(
+        cluster, DDP_SCRIPT, "stale-hpc", tmp_path, max_steps, ["--trainer.logger=false"], step_delay_s=1.0
+    )
+    # 1. preemption: SIGUSR1, every rank saves hpc_ckpt_1.ckpt, the job requeues itself and resumes from it
+    wait_for_training(cluster, job, step=2)
+    cluster.command("scancel", "--signal=USR1", str(job.job_id))
+    requeue_and_start_now(cluster, job, restarts=1)
+    hpc_step = checkpoint_step(job.run_dir / "hpc_ckpt_1.ckpt")
+    assert hpc_step is not None and hpc_step < max_steps - BATCHES_PER_EPOCH
+
+    # 2. the resumed run trains on past an epoch end, where last.ckpt is saved after the hpc checkpoint
+    past_save = hpc_step + BATCHES_PER_EPOCH + 1
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not any(batch["global_step"] >= past_save for batch in job.events(0, "batch", restart=1)):
+        assert cluster.job(job.job_id)["JobState"] in ("RUNNING", "PENDING"), cluster.report(job.log)
+        assert time.monotonic() < deadline, f"the resumed run did not reach step {past_save}\n{cluster.report(job.log)}"
+        time.sleep(0.2)
+
+    # 3. a node failure: the tasks die by SIGKILL, no signal to save on; then the job is restarted
+    cluster.command("scancel", "--signal=KILL", str(job.job_id))
+    cluster.wait_for(job.job_id, lambda f: f.get("JobState") in TERMINAL_STATES, 120, "the kill", job.log)
+    last_step = checkpoint_step(job.run_dir / "checkpoints" / "last.ckpt")
+    assert last_step is not None and hpc_step < last_step < max_steps, (last_step, hpc_step)
+    cluster.command("scontrol", "requeue", str(job.job_id))
+    requeue_and_start_now(cluster, job, restarts=2)
+    cluster.wait_until_done(job.job_id, JOB_TIMEOUT_S, job.log)
+
+    for rank in (0, 1):
+        starts = [(start["restart"], start["global_step"]) for start in job.events(rank, "start")]
+        assert starts == [(0, 0), (1, hpc_step), (2, last_step)], f"rank {rank} resumed from an older save: {starts}"
+        assert job.events(rank, "end")[-1]["global_step"] == max_steps
 
 
 @pytest.mark.slow
