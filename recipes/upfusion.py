@@ -46,12 +46,18 @@ from recipes.cli import FusionCLI, convert_checkpoint_command
 
 
 class UPFusionCLI(FusionCLI):
-    """FusionCLI that checks for both CLIP towers' weights before anything else happens in ``fit``."""
+    """FusionCLI that checks for CLIP weights first: both towers' in ``fit``, the visual tower's otherwise."""
 
     def before_fit(self) -> None:
         # Fail before the demo set is built or a step is taken when no CLIP weights are at hand.
         self.model.image_encoder.load_tower()
         self.model.text_encoder.load_tower()
+
+    def _check_visual_weights(self) -> None:
+        # Every image passes the visual tower, so inference needs its weights too (prompts are cached).
+        self.model.image_encoder.load_tower()
+
+    before_validate = before_test = before_predict = _check_visual_weights
 
 
 def main(args: list[str] | None = None) -> None:
