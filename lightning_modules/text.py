@@ -227,7 +227,6 @@ class PromptEncoder(nn.Module):
         }
 
 
-
 class PromptCacheCheckpoints:
     """Mixin for a LightningModule whose ``text_encoder`` is a :class:`PromptEncoder`: checkpoints carry its cache.
 
