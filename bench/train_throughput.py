@@ -200,8 +200,9 @@ def measure_step(step: Callable[[], Any], device: torch.device, args: argparse.N
     figures = steady_state(step, device, args)
     profile = profiled(step, device)
     figures["sync_ops"] = sync_ops(profile)
-    figures["syncs_per_step"] = sum(count for name, count in figures["sync_ops"].items() if ":" not in name)
-    figures["optimizer_syncs_per_step"] = sum(count for name, count in figures["sync_ops"].items() if ":" in name)
+    optimizer_syncs = [count for name, count in figures["sync_ops"].items() if name.startswith("optimizer: ")]
+    figures["optimizer_syncs_per_step"] = sum(optimizer_syncs)
+    figures["syncs_per_step"] = sum(figures["sync_ops"].values()) - figures["optimizer_syncs_per_step"]
     figures["samples"] = samples
     figures["samples_per_s"] = samples / figures["step_s"]
     if args.profile:
