@@ -45,6 +45,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, Subset, get_worker_info
 
 from datamodules import demo, images
@@ -716,10 +717,16 @@ class FusionDataModule(pl.LightningDataModule):
         if per_task is not None:
             tasks = [pair["meta"]["task"] for pairs in datasets for pair in pairs.pairs]
             dataset = Subset(dataset, evenly_per_task(tasks, per_task))
+        rank, world = self._position()
+        # Under DDP each pair goes to exactly one rank: Lightning's own sampler for validation and
+        # test pads the last ranks with repeated pairs, which would count twice in the metric means.
+        # (Lightning keeps a DistributedSampler it is given; predict gets an unpadded one anyway.)
+        sampler = UnrepeatedDistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,
             shuffle=False,
+            sampler=sampler,
             num_workers=self.eval_workers,
             collate_fn=collate,
             pin_memory=self.pin_memory,
