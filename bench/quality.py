@@ -56,6 +56,11 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
         "--published", type=Path, default=FUSION_BENCH / "published", help="published outputs (fusion-bench layout)"
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <run directory>/quality)")
+    parser.add_argument(
+        "--no-predict",
+        action="store_true",
+        help="score the images already in <out>/fused instead of fusing again (e.g. after an interrupted run)",
+    )
     # the rest (e.g. --trainer.precision bf16-mixed, --model.predict_tile_size 256) is for predict
     return parser.parse_known_args()
 
@@ -130,7 +135,8 @@ def main() -> None:
         )
     out = options.out or options.ckpt.resolve().parent.parent / "quality"
     fused = out / "fused"
-    predict_pairs(options.recipe, options.ckpt, options.config, options.pairs, fused, out / "runs", predict_options)
+    if not options.no_predict:
+        predict_pairs(options.recipe, options.ckpt, options.config, options.pairs, fused, out / "runs", predict_options)
     evaluate.main(
         [
             "--pairs",
