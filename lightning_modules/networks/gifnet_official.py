@@ -22,7 +22,8 @@ Differences that the weights cannot carry, and what they change: the reconstruct
 a sigmoid here and in tanh there (the reconstruction is an auxiliary training output; the fused
 image does not depend on it), and the public code pads feature maps to a multiple of 4 and then
 of the window inside each block, where predict here reflect-pads the input image to a multiple of
-the window once, so pixels within a few rows of the bottom and right borders differ slightly.
+the window once, so on images whose sides are not multiples of the window the last rows and
+columns differ (under 1% of the pixels on fusion-bench, by up to 60 grey levels there).
 
 Anything that does not fit (a key that no rule covers, a key a rule expects but the file lacks,
 a shape that differs) raises :class:`OfficialCheckpointError` listing every problem.
