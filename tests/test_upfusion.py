@@ -236,35 +236,26 @@ def test_fit_then_predict_without_the_text_weights(tmp_path: Path, tiny_clip_wei
     assert checkpoint.is_file()
 
     text_weights.unlink()  # the prompts the checkpoint saw are in its cache
-    predict = run_recipe(
-        "predict",
-        *common,
-        "--ckpt_path",
-        str(checkpoint),
-        "--data.predict_pairs",
-        json.dumps([str(data["pairs"])]),
-        "--output_dir",
-        str(tmp_path / "fused"),
-        cwd=tmp_path,
-    )
-    assert predict.returncode == 0, predict.stderr[-3000:]
+
+    def predict(output: str, *extra: str) -> subprocess.CompletedProcess:
+        pairs = json.dumps([str(data["pairs"])])
+        arguments = [
+            "--ckpt_path",
+            str(checkpoint),
+            "--data.predict_pairs",
+            pairs,
+            "--output_dir",
+            str(tmp_path / output),
+        ]
+        return run_recipe("predict", *common, *arguments, *extra, cwd=tmp_path)
+
+    fused = predict("fused")
+    assert fused.returncode == 0, fused.stderr[-3000:]
     assert sorted(p.relative_to(tmp_path / "fused").as_posix() for p in (tmp_path / "fused").rglob("*.png")) == [
         "IVIF/p1.png",
         "RESTORE/p0.png",
     ]
-    unseen = run_recipe(
-        "predict",
-        *common,
-        "--ckpt_path",
-        str(checkpoint),
-        "--data.predict_pairs",
-        json.dumps([str(data["pairs"])]),
-        "--output_dir",
-        str(tmp_path / "unseen"),
-        "--model.predict_prompt",
-        "a prompt never seen in training",
-        cwd=tmp_path,
-    )
+    unseen = predict("unseen", "--model.predict_prompt", "a prompt never seen in training")
     assert unseen.returncode != 0 and "a prompt never seen in training" in unseen.stderr
 
 
