@@ -93,3 +93,17 @@ def test_two_color_sources_follow_the_more_saturated_one() -> None:
     assert torch.allclose(out, only_red, atol=1e-5)  # grey contributes no weight
     grey_out = restore_color(fused_y, neutral, neutral, both, both)
     assert torch.allclose(grey_out, torch.full_like(grey_out, 0.5), atol=1e-5)
+
+
+def test_colour_out_of_gamut_is_desaturated_and_keeps_the_fused_luminance() -> None:
+    """A bright fused pixel under a saturated hue: clipping RGB would darken it; desaturating keeps its Y."""
+    torch.manual_seed(0)
+    fused_y = torch.rand(2, 1, 8, 8) * 0.4 + 0.6  # bright
+    saturated = torch.zeros(2, 3, 8, 8)
+    saturated[:, 0] = 1.0  # pure red: Cr far from neutral
+    grey = torch.zeros(2, 3, 8, 8)
+    out = restore_color(fused_y, grey, saturated, torch.tensor([False, False]), torch.tensor([True, True]))
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    luminance = 0.299 * out[:, 0] + 0.587 * out[:, 1] + 0.114 * out[:, 2]
+    torch.testing.assert_close(luminance[:, None], fused_y, atol=1e-5, rtol=0)
+    assert bool((out[:, 0] > out[:, 1]).all()), "the hue (red) is kept where it fits"
