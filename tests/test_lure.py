@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from _draw_probe import read_draws
 
 from datamodules.schema import DEGRADATIONS, TASK_IDS, SampleMeta
 from datamodules.shards.writer import ShardSetWriter, encode_sample
@@ -24,6 +26,7 @@ from lightning_modules.networks.lure import LURENet
 from lightning_modules.text import PromptEmbeddings, TextEncoderConfig
 
 from data_helpers import save_png
+from ddp_fit import ddp_fit
 from test_text import one_thread  # noqa: F401  (autouse: the tiny models here run faster on one thread)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -408,3 +411,34 @@ def test_both_stages_run_resume_and_the_checkpoint_predicts_without_clip_weights
         with model.prompted(["image restoration; there is dense haze"]):
             haze_prompt = model.fuse(image, image, restore)
     assert (noisy_prompt - haze_prompt).abs().max() > 1e-4
+
+
+LURE_TINY = str(PROJECT_ROOT / "tests" / "configs" / "lure-tiny.yaml")
+
+
+def test_training_draws_differ_across_two_ddp_ranks_and_repeat_across_a_resume(tmp_path: Path) -> None:
+    # Prompt paraphrases and pseudo-degradations: with torch's global generator seeded alike on every
+    # rank, both ranks drew the same; a resumed run must seed each step as the uninterrupted one did.
+    def fit(folder: Path, steps: int, *extra: str) -> dict[int, dict[int, dict]]:
+        args = ["--config", LURE_TINY, "--run_name", "draws", "--trainer.logger=false", "--trainer.limit_val_batches=0",
+                f"--trainer.max_steps={steps}", "--data.batches_per_epoch=2", *extra,
+                "--trainer.callbacks+=tests._draw_probe.DrawProbe",
+                f"--trainer.callbacks.output_dir={folder / 'draws'}"]  # fmt: skip
+        ddp_fit("lure", args, folder)
+        return read_draws(folder / "draws")
+
+    whole = fit(tmp_path / "whole", 4)
+    assert sorted(whole[0]) == sorted(whole[1]) == [1, 2, 3, 4]
+    for step in whole[0]:
+        first, second = whole[0][step], whole[1][step]
+        assert first["seed"] != second["seed"], f"step {step}: both ranks drew from one seed"
+        assert first["prompt_state"] != second["prompt_state"] and first["pseudo_state"] != second["pseudo_state"]
+
+    resumed_dir = tmp_path / "resumed"
+    fit(resumed_dir, 2)
+    for records in ("draws", "probe"):  # the resumed fit's records alone
+        shutil.rmtree(resumed_dir / records)
+    resumed = fit(resumed_dir, 4, "--ckpt_path", "last")
+    for rank in (0, 1):
+        seeds = {step: record["seed"] for step, record in resumed[rank].items()}
+        assert seeds == {step: whole[rank][step]["seed"] for step in (3, 4)}, f"rank {rank} reseeded differently"
