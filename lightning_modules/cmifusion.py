@@ -112,8 +112,16 @@ class CMIFusionModule(PromptCacheCheckpoints, FusionModule):
         self.text_encoder = PromptEncoder(text_encoder)
         self.prompt_table = PromptTable.from_yaml(prompt_table)
         self.net = CMIFusionNet(
-            channels, fusion_dim, self.text_encoder.token_dim, heads, mlp_ratio, fusion_depth,
-            decoder_residual_blocks, tuple(decoder_channels), attention_reduction, spatial_kernel,
+            channels,
+            fusion_dim,
+            self.text_encoder.token_dim,
+            heads,
+            mlp_ratio,
+            fusion_depth,
+            decoder_residual_blocks,
+            tuple(decoder_channels),
+            attention_reduction,
+            spatial_kernel,
         )
         self.inference_chunk_pixels = inference_chunk_pixels
         self.energy = GradientEnergy(energy_scales)

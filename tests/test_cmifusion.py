@@ -91,7 +91,8 @@ def test_padded_prompt_tokens_are_ignored() -> None:
     a, b = smooth_images(1, 16, seed=5), smooth_images(1, 16, seed=6)
     texts = [random_text(1, 4, seed) for seed in range(3)]
     padded = PromptEmbeddings(
-        texts[2].pooled, torch.cat([texts[2].tokens, torch.randn(1, 3, 32)], dim=1),
+        texts[2].pooled,
+        torch.cat([texts[2].tokens, torch.randn(1, 3, 32)], dim=1),
         torch.tensor([[True] * 4 + [False] * 3]),
     )
     with torch.no_grad():
@@ -192,16 +193,28 @@ def run_cmifusion(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def tiny_clip_text_args(tmp_path: Path) -> tuple[list[str], Path]:
     """Command-line options for a tiny CLIP text tower loaded from a weights file in ``tmp_path``."""
-    (tmp_path / "tiny-clip.json").write_text(json.dumps({
-        "embed_dim": 16, "text_cfg": TINY_TEXT,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 32, "patch_size": 16},
-    }))
+    (tmp_path / "tiny-clip.json").write_text(
+        json.dumps(
+            {
+                "embed_dim": 16,
+                "text_cfg": TINY_TEXT,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 32, "patch_size": 16},
+            }
+        )
+    )
     open_clip.add_model_config(tmp_path / "tiny-clip.json")
     weights = tmp_path / "tiny-clip.pt"
     torch.save(open_clip.create_model("tiny-clip").state_dict(), weights)
-    args = ["--model.text_encoder.model_name", "tiny-clip", "--model.text_encoder.random_init", "false",
-            "--model.text_encoder.weights_file", str(weights),
-            "--model.text_encoder.model_config", json.dumps({"embed_dim": 16, "text_cfg": TINY_TEXT})]
+    args = [
+        "--model.text_encoder.model_name",
+        "tiny-clip",
+        "--model.text_encoder.random_init",
+        "false",
+        "--model.text_encoder.weights_file",
+        str(weights),
+        "--model.text_encoder.model_config",
+        json.dumps({"embed_dim": 16, "text_cfg": TINY_TEXT}),
+    ]
     return args, weights
 
 
@@ -215,9 +228,20 @@ def test_fit_resume_and_predict_without_clip_weights(tmp_path: Path) -> None:
     text_args, weights = tiny_clip_text_args(tmp_path)
     sources = mixed_sources(data)
     fit_args = [
-        "fit", "--config", str(TINY_CONFIG), *text_args,
-        "--data.sources", sources, "--data.val_pairs", json.dumps([str(data["pairs"])]),
-        "--runs_dir", str(tmp_path / "runs"), "--run_name", "tiny", "--trainer.logger", "false",
+        "fit",
+        "--config",
+        str(TINY_CONFIG),
+        *text_args,
+        "--data.sources",
+        sources,
+        "--data.val_pairs",
+        json.dumps([str(data["pairs"])]),
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        "--run_name",
+        "tiny",
+        "--trainer.logger",
+        "false",
     ]
     fit = run_cmifusion(*fit_args, cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
@@ -232,8 +256,17 @@ def test_fit_resume_and_predict_without_clip_weights(tmp_path: Path) -> None:
     weights.unlink()  # from here on no CLIP weights exist
     config = next(tmp_path.rglob("config.yaml"))  # the run's full configuration, saved by the CLI
     predict = run_cmifusion(
-        "predict", "--config", str(config), "--ckpt_path", str(checkpoint), "--trainer.logger", "false",
-        "--data.predict_pairs", json.dumps([str(data["pairs"])]), "--output_dir", str(tmp_path / "out"),
+        "predict",
+        "--config",
+        str(config),
+        "--ckpt_path",
+        str(checkpoint),
+        "--trainer.logger",
+        "false",
+        "--data.predict_pairs",
+        json.dumps([str(data["pairs"])]),
+        "--output_dir",
+        str(tmp_path / "out"),
         cwd=tmp_path,
     )
     assert predict.returncode == 0, predict.stderr[-3000:]
@@ -243,8 +276,15 @@ def test_fit_resume_and_predict_without_clip_weights(tmp_path: Path) -> None:
 
 def test_a_fit_without_text_weights_stops_at_once_and_says_how(tmp_path: Path) -> None:
     fit = run_cmifusion(
-        "fit", "--config", str(TINY_CONFIG), "--model.text_encoder.random_init", "false",
-        "--model.text_encoder.weights_file", str(tmp_path / "missing.pt"), "--runs_dir", str(tmp_path / "runs"),
+        "fit",
+        "--config",
+        str(TINY_CONFIG),
+        "--model.text_encoder.random_init",
+        "false",
+        "--model.text_encoder.weights_file",
+        str(tmp_path / "missing.pt"),
+        "--runs_dir",
+        str(tmp_path / "runs"),
         cwd=tmp_path,
     )
     assert fit.returncode != 0

@@ -148,7 +148,11 @@ class ImageTextInteraction(nn.Module):
         self.norm = nn.LayerNorm(fusion_dim)
 
     def forward(
-        self, features_a: Tensor, features_b: Tensor, text_a: PromptEmbeddings, text_b: PromptEmbeddings,
+        self,
+        features_a: Tensor,
+        features_b: Tensor,
+        text_a: PromptEmbeddings,
+        text_b: PromptEmbeddings,
         text_fused: PromptEmbeddings,
     ) -> Tensor:
         """(B, channels, H, W) features of both sources -> (B, fusion_dim, H, W)."""
@@ -226,7 +230,12 @@ class CMIFusionNet(nn.Module):
         self.decoder = FusionDecoder(fusion_dim, decoder_residual_blocks, tuple(decoder_channels))
 
     def forward(
-        self, a: Tensor, b: Tensor, text_a: PromptEmbeddings, text_b: PromptEmbeddings, text_fused: PromptEmbeddings,
+        self,
+        a: Tensor,
+        b: Tensor,
+        text_a: PromptEmbeddings,
+        text_b: PromptEmbeddings,
+        text_fused: PromptEmbeddings,
         chunk_pixels: int | None = None,
     ) -> Tensor:
         """Fused luminance (B, 1, H, W) of sources ``a`` and ``b`` described by the three prompts.
@@ -249,4 +258,3 @@ class CMIFusionNet(nn.Module):
             halo = receptive_radius(self.decoder)
             correction = in_row_strips(interact_and_decode, [features_a, features_b], halo, chunk_pixels)
         return 0.5 * (a + b) + correction
-
