@@ -17,14 +17,15 @@ import torch
 from test_gifnet_recipe import TINY, global_step, run_recipe
 
 from datamodules.images import read_image
-from datamodules.schema import luminance
+from datamodules.schema import BT601, luminance
 from lightning_modules.gifnet import GIFNetModule
-from lightning_modules.inference.tiling import fuse_in_tiles
+from lightning_modules.inference.tiling import fuse_in_tiles, fuse_padded
 from lightning_modules.networks.gifnet import GIFNet
 from lightning_modules.networks.gifnet_official import (
     OFFICIAL_NETWORK_ARGUMENTS,
     OfficialCheckpointError,
     convert_official_state_dict,
+    official_gifnet,
     official_key_map,
 )
 
@@ -169,15 +170,35 @@ def test_imported_model_reproduces_the_published_outputs(imported: Path, tmp_pat
     listing = ", ".join(f"{key} {value:.2f}" for key, value in sorted({**grey, **colour}.items()))
     assert len(grey) + len(colour) == 53
     # Grey pairs differ only by the published files' 8-bit truncation where predict rounds (up to 1 per
-    # pixel; 0.30-0.72 measured). Colour pairs differ more, by the published pipeline's conventions, not
-    # the weights: its script truncates colour sources' luminance to integers before fusing (1-1.7 grey
-    # levels on multi-exposure pairs, 2.22 on the night scene), and predict's colour write clips to the
-    # RGB gamut, which moves luminance on saturated PET pixels (2.04 on mri-pet_41). The issue asked for
-    # 1.5 per image; with the public script's own conventions the imported network matches the published
-    # files to 0.003 (bench/RESULTS.md), so the per-image bound for colour pairs is set above these.
+    # pixel; 0.30-0.72 measured). Colour pairs differ a little more because the public script truncates
+    # colour sources' luminance to integers before fusing, where predict keeps it exact: 1.06-1.59 on the
+    # multi-exposure pairs, at most 0.92 elsewhere (measured after predict's colour write stopped clipping
+    # luminance). The issue asked for 1.5 per image; the weights themselves are exact under the public
+    # conventions (test_imported_network_is_exact_under_the_public_conventions), so the per-image bound
+    # for colour pairs is 1.6, just above the measured worst; the mean keeps the issue's bound.
     assert max(grey.values()) <= 1.0, listing
-    assert max(colour.values()) <= 2.5, listing
+    assert max(colour.values()) <= 1.6, listing
     assert np.mean([*grey.values(), *colour.values()]) <= 1.0, listing
+
+
+@needs_official
+@pytest.mark.parametrize("pair", ["MED/mri-ct_11", "MED/mri-pet_11", "MED/mri-spect_11"])
+def test_imported_network_is_exact_under_the_public_conventions(pair: str) -> None:
+    """The public script's own conventions (sources as truncated integer grey, output truncated to 8 bits)
+    give the published files back to 1e-3 of a grey level: any larger difference elsewhere is convention."""
+    task, pair_id = pair.split("/")
+
+    def integer_grey(image: np.ndarray) -> torch.Tensor:
+        grey = image.astype(np.float64) if image.ndim == 2 else np.floor(image.astype(np.float64) @ np.array(BT601))
+        return torch.from_numpy(grey / 255.0).float()[None, None]
+
+    sources = [integer_grey(read_image(FUSION_BENCH / "pairs" / task / pair_id / f"{role}.png")) for role in "ab"]
+    network = official_gifnet(OFFICIAL).eval()
+    with torch.no_grad():
+        fused = fuse_padded(lambda a, b, _: network(a, b), *sources, None, network.size_multiple)
+    written = np.floor(fused.clamp(0, 1)[0, 0].double().numpy() * 255.0)
+    published = read_image(FUSION_BENCH / "published" / task / "GIFNet" / f"{pair_id}.png").astype(np.float64)
+    assert np.abs(written - published).mean() <= 1e-3
 
 
 @needs_official
