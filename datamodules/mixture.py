@@ -50,7 +50,7 @@ from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, Subset,
 
 from datamodules import demo, images
 from datamodules.pairs import PairFolderDataset
-from datamodules.schema import BT601, TASKS, SampleMeta, collate, degradation_vector, task_id
+from datamodules.schema import BT601, TASKS, SampleMeta, collate, degradation_vector, task_id, unit_scale
 from datamodules.shards.stream import StreamStats, expand_urls, shard_counts
 from datamodules.shards.tar import iter_shard, parse_sample
 from datamodules.shards.writer import read_index
@@ -97,13 +97,14 @@ class ShardSource:
 _BT601 = np.array(BT601, dtype=np.float32)
 
 
-def array_to_tensor(image: np.ndarray, luminance_only: bool) -> torch.Tensor:
+def array_to_tensor(image: np.ndarray, luminance_only: bool, bit_depth: int | None = None) -> torch.Tensor:
     """A (H, W[, 3]) uint8/uint16 array (any strides) as a (C, H, W) float32 tensor in [0, 1].
 
+    16-bit images are scaled by their effective ``bit_depth`` (:func:`datamodules.schema.unit_scale`).
     Luminance is computed in one pass from the integers (same BT.601 weights as
     :func:`datamodules.schema.luminance`).
     """
-    scale = np.float32(1.0 / (65535.0 if image.dtype == np.uint16 else 255.0))
+    scale = np.float32(1.0 / unit_scale(image, bit_depth))
     if image.ndim == 2:
         grey = torch.from_numpy(np.multiply(image, scale, dtype=np.float32))[None]
         return grey if luminance_only else grey.expand(3, -1, -1).contiguous()
@@ -148,7 +149,7 @@ def crop_sample(
                 array = array[:, ::-1]
             if vertical:
                 array = array[::-1]
-            tensors[role] = array_to_tensor(array, luminance_only)
+            tensors[role] = array_to_tensor(array, luminance_only, meta.bit_depth)
     else:
         scale = crop_size / min(height, width)
         size = (max(crop_size, math.ceil(height * scale)), max(crop_size, math.ceil(width * scale)))
@@ -156,7 +157,8 @@ def crop_sample(
         left = int(rng.integers(0, size[1] - crop_size + 1))
         dims = [d for d, flag in ((-1, horizontal), (-2, vertical)) if flag]
         for role, data in members.items():
-            tensor = array_to_tensor(images.decode_image(data, f"{where}.{role}.png"), luminance_only)
+            array = images.decode_image(data, f"{where}.{role}.png")
+            tensor = array_to_tensor(array, luminance_only, meta.bit_depth)
             tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0].clamp_(0, 1)
             tensor = tensor[:, top : top + crop_size, left : left + crop_size]
             tensors[role] = (tensor.flip(dims) if dims else tensor).contiguous()

@@ -15,8 +15,12 @@ Three layouts are recognised (the first that fits wins):
 
 Images may be PNG, JPEG or TIFF, grey or RGB, 8- or 16-bit; pairs may differ in size from each
 other (batch them one at a time), but a pair's own images must match. An optional
-``meta.json`` holds ``{"task", "degradations", "prompt"}`` for that pair. Restoration pairs
-(task ``restore``) hold ``a`` (degraded) and ``gt`` (clean) only.
+``meta.json`` holds ``{"task", "degradations", "prompt", "bit_depth"}`` for that pair. Restoration
+pairs (task ``restore``) hold ``a`` (degraded) and ``gt`` (clean) only.
+
+Bit depth of 16-bit pairs: ``bit_depth`` from ``meta.json`` (10, 12, 14 or 16) if given, else the
+smallest of 10, 12, 14, 16 bits that holds the largest value in any of the pair's 16-bit images;
+images are scaled to [0, 1] by ``2**bits - 1`` and predict writes 16-bit PNGs on that same scale.
 
 Each item follows :mod:`datamodules.schema`: luminance ``a``/``b``/``gt`` plus ``a_color`` /
 ``b_color`` (RGB), the stored channel counts and the bit depth, and ``key`` = ``TASKDIR/pair_id``
@@ -39,6 +43,7 @@ from datamodules.schema import (
     TASKS,
     SampleMeta,
     degradation_vector,
+    effective_bit_depth,
     luminance,
     task_id,
     to_float,
@@ -116,9 +121,26 @@ def discover_pairs(
     return pairs
 
 
-def _color(image: np.ndarray) -> torch.Tensor:
-    tensor = to_float(image)
+def _color(image: np.ndarray, bit_depth: int) -> torch.Tensor:
+    tensor = to_float(image, bit_depth)
     return tensor.expand(3, -1, -1).contiguous() if tensor.shape[0] == 1 else tensor
+
+
+def _bit_depth(arrays: dict[str, np.ndarray], paths: dict[str, Path], declared: int | None) -> int:
+    """The pair's effective bit depth (rule in the module docstring); 8 when no image is 16-bit."""
+    deep = {role: array for role, array in arrays.items() if array.dtype == np.uint16}
+    if not deep:
+        return 8
+    peak = max(int(array.max()) for array in deep.values())
+    if declared is None:
+        return effective_bit_depth(peak)
+    if peak >= 1 << declared:
+        role = max(deep, key=lambda name: int(deep[name].max()))
+        raise ImageError(
+            f"{paths[role]}: value {peak} does not fit bit_depth {declared} of its meta.json; "
+            "raise bit_depth there or remove it to detect the depth"
+        )
+    return declared
 
 
 class PairFolderDataset(Dataset):
@@ -159,20 +181,21 @@ class PairFolderDataset(Dataset):
         if len(set(sizes.values())) > 1:
             listing = ", ".join(f"{pair['paths'][role]} is {h}x{w}" for role, (h, w) in sizes.items())
             raise ImageError(f"pair sizes differ: {listing} (H x W)")
+        bit_depth = _bit_depth(arrays, pair["paths"], meta.bit_depth)
         item: dict[str, Any] = {
             "task": task_id(meta.task),
             "degradation": degradation_vector(meta.degradations),
             "prompt": meta.prompt or "",
             "key": pair["key"],
             "a_channels": images.image_info(arrays["a"])[0],
-            "bit_depth": max(images.image_info(array)[1] for array in arrays.values()),
+            "bit_depth": bit_depth,
         }
         for role in ("a", "b", "gt"):
             array = arrays.get(role)
-            item[role] = None if array is None else luminance(to_float(array))
-        item["a_color"] = _color(arrays["a"])
+            item[role] = None if array is None else luminance(to_float(array, bit_depth))
+        item["a_color"] = _color(arrays["a"], bit_depth)
         if "b" in arrays:
-            item["b_color"] = _color(arrays["b"])
+            item["b_color"] = _color(arrays["b"], bit_depth)
             item["b_channels"] = images.image_info(arrays["b"])[0]
         else:
             item["b_color"] = None

@@ -24,6 +24,11 @@ Full-resolution pair batches (validation, test, predict) add ``a_color`` / ``b_c
 (B, 3, H, W) RGB in [0, 1] (grey sources repeated), ``a_channels`` / ``b_channels`` (B,) int64
 with the stored channel count, and ``bit_depth`` (B,) int64, so predict can put colour back and
 write the same bit depth.
+
+Bit depth: 16-bit containers often hold fewer bits (10-12-bit medical and NIR data). An image is
+scaled to [0, 1] by its *effective* depth, ``2**bits - 1``: a shard sample's ``bit_depth`` (decided
+per source at build time), or a pair's (see :mod:`datamodules.pairs`). ``bit_depth`` in a batch is
+that effective depth; more than 8 means a 16-bit container.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ MAX_SEVERITY = 3
 IMAGE_MEMBERS: tuple[str, ...] = ("a", "b", "gt")
 
 BT601 = (0.299, 0.587, 0.114)
+
+BIT_DEPTHS: tuple[int, ...] = (8, 10, 12, 14, 16)
+"""Effective bit depths: 8 for 8-bit containers, the others for 16-bit ones."""
 
 
 def task_id(task: str) -> int:
@@ -88,11 +96,15 @@ class SampleMeta:
     prompt: str | None = None
     source: str = ""
     synthetic: bool = False
+    bit_depth: int | None = None
+    """Effective bit depth of the sample's 16-bit images (10..16); absent means the container's depth."""
 
     def __post_init__(self) -> None:
         task_id(self.task)
         for tag in self.degradations:
             parse_degradation(tag)
+        if self.bit_depth is not None and self.bit_depth not in BIT_DEPTHS[1:]:
+            raise ValueError(f"bit_depth {self.bit_depth}: choose one of {', '.join(map(str, BIT_DEPTHS[1:]))}")
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {"task": self.task, "degradations": list(self.degradations), "source": self.source}
@@ -100,6 +112,8 @@ class SampleMeta:
             record["prompt"] = self.prompt
         if self.synthetic:
             record["synthetic"] = True
+        if self.bit_depth is not None:
+            record["bit_depth"] = self.bit_depth
         return record
 
     @classmethod
@@ -110,17 +124,27 @@ class SampleMeta:
             prompt=record.get("prompt"),
             source=record.get("source", ""),
             synthetic=bool(record.get("synthetic", False)),
+            bit_depth=record.get("bit_depth"),
         )
 
 
-def to_float(image: np.ndarray) -> torch.Tensor:
-    """An (H, W) or (H, W, C) uint8/uint16 array as a (C, H, W) float32 tensor in [0, 1]."""
+def effective_bit_depth(peak: int) -> int:
+    """The smallest 16-bit container depth in :data:`BIT_DEPTHS` (10 to 16) that holds the value ``peak``."""
+    return next(bits for bits in BIT_DEPTHS[1:] if peak < 1 << bits)
+
+
+def unit_scale(image: np.ndarray, bit_depth: int | None = None) -> float:
+    """The divisor that maps ``image`` to [0, 1]: 255 for uint8, ``2**bit_depth - 1`` for uint16 (default 16)."""
     if image.dtype == np.uint8:
-        scale = 255.0
-    elif image.dtype == np.uint16:
-        scale = 65535.0
-    else:
-        raise TypeError(f"expected an 8- or 16-bit image, got dtype {image.dtype}")
+        return 255.0
+    if image.dtype == np.uint16:
+        return float((1 << (bit_depth or 16)) - 1)
+    raise TypeError(f"expected an 8- or 16-bit image, got dtype {image.dtype}")
+
+
+def to_float(image: np.ndarray, bit_depth: int | None = None) -> torch.Tensor:
+    """An (H, W) or (H, W, C) uint8/uint16 array as a (C, H, W) float32 tensor in [0, 1] (:func:`unit_scale`)."""
+    scale = unit_scale(image, bit_depth)
     tensor = torch.from_numpy(np.ascontiguousarray(image).astype(np.float32) / scale)
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 

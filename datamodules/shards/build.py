@@ -7,6 +7,12 @@ offending file: stems present on one side only, pairs of different sizes (unless
 to align them), files that do not decode; a failed build leaves the previous shards of its prefix
 (and their index entries) as they were.
 
+Bit depth: 16-bit sources often hold 10-14-bit data (medical, NIR). Each call of :func:`build_pairs`
+(one folder set, or one split of a layout) first finds the largest value in its 16-bit images and
+records the smallest of 10, 12, 14, 16 bits that holds it as ``bit_depth`` in every sample's json,
+so readers scale by ``2**bits - 1`` instead of 65535; ``bit_depth=`` (``--bit-depth``) sets it
+instead, and a value that does not fit it is an error. 16 bits and 8-bit sources record nothing.
+
 - :func:`build_from_folders`: ``a``/``b``/``gt`` folders paired by stem, the task given;
 - :func:`build_layout`: a download in a published layout (:mod:`datamodules.shards.layouts`), one
   shard prefix per split or subset (``msrs-train``, ``harvard-ct-mri``);
@@ -37,7 +43,7 @@ import numpy as np
 from datamodules import images, synthesis
 from datamodules.images import ImageError
 from datamodules.pairs import write_pair_folder
-from datamodules.schema import SampleMeta
+from datamodules.schema import SampleMeta, effective_bit_depth
 from datamodules.shards.layouts import LAYOUTS, Group, Layout, Pair, discover, get_layout
 from datamodules.shards.progress import progress_bar
 from datamodules.shards.writer import ShardSetWriter, encode_sample, read_index
@@ -58,9 +64,49 @@ class _PairJob:
         try:
             arrays = {role: images.read_image(path) for role, path in self.paths.items()}
             arrays = images.same_size(arrays, self.paths, self.resize)
+            _check_fits(arrays, self.paths, self.meta.bit_depth)
             return [encode_sample(self.key, arrays, self.meta, self.level)], None
         except (ImageError, ValueError) as error:
             return [], str(error)
+
+
+def _check_fits(arrays: dict[str, np.ndarray], paths: dict[str, Path], bit_depth: int | None) -> None:
+    """An error naming the file if a 16-bit image holds a value above ``2**bit_depth - 1``."""
+    for role, array in arrays.items():
+        if bit_depth is not None and array.dtype == np.uint16 and int(array.max()) >= 1 << bit_depth:
+            raise ImageError(
+                f"{paths[role]}: value {int(array.max())} does not fit --bit-depth {bit_depth}; "
+                "raise it or leave it out to detect the depth"
+            )
+
+
+def _peak_16bit(paths: dict[str, Path]) -> int:
+    """The largest value in the 16-bit images among ``paths``; -1 if none is 16-bit or readable."""
+    peak = -1
+    for path in paths.values():
+        try:
+            image = images.read_image(path)
+        except ImageError:
+            continue  # the encoding pass reports it with every other broken file
+        if image.dtype == np.uint16:
+            peak = max(peak, int(image.max()))
+    return peak
+
+
+def detect_bit_depth(pairs: Sequence[Pair], workers: int | None = None) -> int | None:
+    """The effective depth of the pairs' 16-bit images (10, 12 or 14), or None for 16 bits or 8-bit sources."""
+    sets = [paths for _, paths in pairs]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(sets)))
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            peaks = pool.map(_peak_16bit, sets, chunksize=4)
+    else:
+        peaks = list(map(_peak_16bit, sets))
+    peak = max(peaks, default=-1)
+    if peak < 0:
+        return None
+    bits = effective_bit_depth(peak)
+    return None if bits == 16 else bits
 
 
 @dataclasses.dataclass
@@ -176,10 +222,15 @@ def build_pairs(
     prefix: str,
     resize: str | None = None,
     options: WriteOptions | None = None,
+    bit_depth: int | None = None,
 ) -> dict[str, Any]:
-    """Write ``pairs`` (id, {role: file}) as ``prefix`` shards; each sample's source is ``meta.source/<id>``."""
+    """Write ``pairs`` (id, {role: file}) as ``prefix`` shards; each sample's source is ``meta.source/<id>``.
+
+    ``bit_depth`` of the 16-bit images: detected when None (module docstring).
+    """
     options = options or WriteOptions()
     _check_resize(resize, pairs[0][1] if pairs else ())
+    meta = dataclasses.replace(meta, bit_depth=bit_depth or detect_bit_depth(pairs, options.workers))
     jobs = [
         _PairJob(
             key,
@@ -210,8 +261,12 @@ def build_from_folders(
     level: int = 0,
     workers: int | None = None,
     progress: bool = True,
+    bit_depth: int | None = None,
 ) -> dict[str, Any]:
-    """Pair ``a``/``b``/``gt`` folders by stem and write them as shards; returns the updated index."""
+    """Pair ``a``/``b``/``gt`` folders by stem and write them as shards; returns the updated index.
+
+    ``bit_depth`` (10, 12, 14, 16) of the 16-bit images; detected from the files when None.
+    """
     meta = SampleMeta(task=task, degradations=list(degradations), prompt=prompt, source=source, synthetic=synthetic)
     folders = {"a": a}
     if b is not None:
@@ -226,7 +281,7 @@ def build_from_folders(
         raise ValueError(f"task {task} fuses two sources: pass the second folder as --b")
     _check_resize(resize, folders)
     options = WriteOptions(maxcount, maxsize, level, workers, progress)
-    return build_pairs(out_dir, images.pair_by_stem(folders), meta, prefix or task, resize, options)
+    return build_pairs(out_dir, images.pair_by_stem(folders), meta, prefix or task, resize, options, bit_depth)
 
 
 def build_layout(
@@ -239,11 +294,13 @@ def build_layout(
     prompt: str | None = None,
     holdout: int = 0,
     options: WriteOptions | None = None,
+    bit_depth: int | None = None,
 ) -> dict[str, Any]:
     """Shards of a download in a published layout; one prefix per group (``PREFIX[-GROUP]``).
 
     ``prefix`` defaults to the layout's name; ``limit`` keeps the first pairs of each group, of
-    which ``holdout`` leaves out the last ones (see :func:`write_holdout`).
+    which ``holdout`` leaves out the last ones (see :func:`write_holdout`). ``bit_depth`` as in
+    :func:`build_pairs`, detected per group when None.
     """
     layout = get_layout(layout) if isinstance(layout, str) else layout
     _check_resize(resize, layout.roles)
@@ -256,7 +313,7 @@ def build_layout(
             source=f"{layout.title}/{group.name}" if group.name else layout.title,
         )
         group_prefix = f"{prefix or layout.name}-{group.name}" if group.name else prefix or layout.name
-        index = build_pairs(out_dir, group.pairs, meta, group_prefix, resize, options)
+        index = build_pairs(out_dir, group.pairs, meta, group_prefix, resize, options, bit_depth)
     return index
 
 

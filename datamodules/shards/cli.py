@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from datamodules.images import ImageError
-from datamodules.schema import TASKS
+from datamodules.schema import BIT_DEPTHS, TASKS
 from datamodules.shards import layouts
 from datamodules.shards.build import (
     WriteOptions,
@@ -68,6 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--resize", help="align pairs of different sizes: a or b (resize the others to it), or crop (centre overlap)"
     )
     build.add_argument("--limit", type=int, help="with --layout: only the first N pairs of each split (a quick look)")
+    build.add_argument(
+        "--bit-depth",
+        type=int,
+        choices=BIT_DEPTHS[1:],
+        help="effective bits of the 16-bit images (readers divide by 2**N - 1); default: the smallest of "
+        "10, 12, 14, 16 that holds the largest value of each source",
+    )
     _write_options(build)
 
     synthesize = commands.add_parser(
@@ -235,6 +242,7 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
             prefix=args.prefix,
             prompt=args.prompt,
             options=_options(args),
+            bit_depth=args.bit_depth,
         )
     if len(args.paths) != 1 or args.a is None or args.task is None:
         raise ValueError("build takes OUT --a DIR [--b DIR] [--gt DIR] --task TASK, or --layout NAME SRC OUT")
@@ -257,4 +265,5 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
         level=args.level,
         workers=args.workers,
         progress=not args.quiet,
+        bit_depth=args.bit_depth,
     )

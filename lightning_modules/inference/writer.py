@@ -15,8 +15,12 @@ from datamodules.images import encode_png
 
 
 def to_integer_image(image: torch.Tensor, bit_depth: int) -> np.ndarray:
-    """A (C, H, W) float image in [0, 1] as an (H, W) or (H, W, 3) uint8/uint16 array."""
-    peak, dtype = (65535, np.uint16) if bit_depth == 16 else (255, np.uint8)
+    """A (C, H, W) float image in [0, 1] as an (H, W) or (H, W, 3) uint8/uint16 array.
+
+    ``bit_depth`` is the sources' effective depth: above 8 the image goes into 16 bits scaled to
+    ``2**bit_depth - 1``, so a 12-bit pair fuses into values 0..4095, as its sources were read.
+    """
+    peak, dtype = ((1 << bit_depth) - 1, np.uint16) if bit_depth > 8 else (255, np.uint8)
     array = (image.detach().float().cpu().clamp(0, 1) * peak).round().numpy().astype(dtype)
     return array[0] if array.shape[0] == 1 else np.transpose(array, (1, 2, 0))
 
