@@ -80,10 +80,24 @@ def _check_fits(arrays: dict[str, np.ndarray], paths: dict[str, Path], bit_depth
             )
 
 
+def _at_most_8_bits(path: Path) -> bool:
+    """True for a JPEG or a PNG whose header says 8 bits or fewer: no need to decode it to know."""
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        return True
+    with open(path, "rb") as file:
+        head = file.read(33)  # signature + IHDR chunk
+    try:
+        return images.parse_png(head, str(path), with_stream=False).depth <= 8
+    except ImageError:
+        return False
+
+
 def _peak_16bit(paths: dict[str, Path]) -> int:
     """The largest value in the 16-bit images among ``paths``; -1 if none is 16-bit or readable."""
     peak = -1
     for path in paths.values():
+        if _at_most_8_bits(path):
+            continue
         try:
             image = images.read_image(path)
         except ImageError:
