@@ -95,7 +95,16 @@ KNOWN_CONFIGS = {
 DEFAULT_CONFIGS = ("gifnet", "gifnet-fast")
 """Always run; the other known configs join when their config files exist."""
 
-REAL_SHARDS_COMMAND = [sys.executable, "-m", "datamodules.shards", "build-all", str(DATASETS), "data/real", "--holdout", "10"]
+REAL_SHARDS_COMMAND = [
+    sys.executable,
+    "-m",
+    "datamodules.shards",
+    "build-all",
+    str(DATASETS),
+    "data/real",
+    "--holdout",
+    "10",
+]
 """Builds every training shard set from ../shared/datasets where the real-data configs read them."""
 
 
