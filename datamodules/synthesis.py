@@ -386,6 +386,6 @@ def random_degradations(
     for kind_index, severity in sorted(set(zip(kinds, severities))):
         members = [i for i in range(count) if kinds[i] == kind_index and severities[i] == severity]
         kind = SYNTHETIC_KINDS[kind_index]
-        degraded[members] = degrade_batch(clean[members], kind, severity, generator)
+        degraded[members] = degrade_batch(clean[members], kind, severity, generator).to(degraded.dtype)
         matrix[members, DEGRADATIONS.index(kind)] = float(severity)
     return degraded, matrix

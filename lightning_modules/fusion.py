@@ -115,6 +115,13 @@ class FusionModule(pl.LightningModule):
         self.save_hyperparameters(ignore=[*ignore, *self.predict_time_arguments], frame=caller)
 
     # ----------------------------------------------------------------- what subclasses provide
+    def check_pretrained_weights(self, stage: str) -> None:
+        """Raise at once, with how to provide them, when weights that ``stage`` needs are not at hand.
+
+        The recipes call it before anything else happens (before the demo set is built or a batch is
+        read), so a missing CLIP file costs seconds, not a data pass. Nothing is needed by default.
+        """
+
     @property
     def size_multiple(self) -> int:
         """Inputs to :meth:`fuse` are padded to a multiple of this (e.g. the attention window)."""

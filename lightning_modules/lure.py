@@ -171,6 +171,10 @@ class LUREModule(PromptCacheCheckpoints, FusionModule):
         self._active_prompts: list[str] | None = None
 
     # --------------------------------------------------------------------------------- prompts
+    def check_pretrained_weights(self, stage: str) -> None:
+        if stage == "fit":  # evaluation prompts come from the checkpoint's cache
+            self.text_encoder.load_tower()
+
     def setup(self, stage: str) -> None:
         if stage == "fit":
             # Fail before the first step when no text weights are at hand, and put every evaluation

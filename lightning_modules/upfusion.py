@@ -146,6 +146,13 @@ class UPFusionModule(PromptCacheCheckpoints, FusionModule):
         self._active_prompts: list[str] | None = None
 
     # --------------------------------------------------------------------------------- prompts
+    def check_pretrained_weights(self, stage: str) -> None:
+        # every image passes the visual tower, so each stage needs its weights; prompts outside fit
+        # come from the checkpoint's cache
+        self.image_encoder.load_tower()
+        if stage == "fit":
+            self.text_encoder.load_tower()
+
     def setup(self, stage: str) -> None:
         if stage == "fit":
             # Fail before the first step when either tower has no weights at hand, and cache every

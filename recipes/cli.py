@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_warn
 
+from datamodules.mixture import FusionDataModule
 from lightning_modules.inference.writer import FusedImageWriter
 from recipes.run_identity import evaluation_checkpoint, fit_checkpoint, wandb_run_id
 
@@ -162,6 +164,19 @@ class FusionCLI(LightningCLI):
             config.ckpt_path = resolved
             self._parse_ckpt_path()  # the model's saved hyperparameters, as for a checkpoint path given
 
+    # Weights a stage needs are checked before anything else happens (see FusionModule.check_pretrained_weights).
+    def before_fit(self) -> None:
+        self.model.check_pretrained_weights("fit")
+
+    def before_validate(self) -> None:
+        self.model.check_pretrained_weights("validate")
+
+    def before_test(self) -> None:
+        self.model.check_pretrained_weights("test")
+
+    def before_predict(self) -> None:
+        self.model.check_pretrained_weights("predict")
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # run=False (programmatic use) has no subcommand level in the config
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -200,6 +215,30 @@ class FusionCLI(LightningCLI):
         trainer_settings = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         extra_callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         return self._instantiate_trainer(trainer_settings, extra_callbacks + callbacks)
+
+
+def run_recipe(
+    name: str,
+    model_class: type,
+    default_config: str,
+    args: list[str] | None = None,
+    commands: dict[str, Callable[[list[str]], None]] | None = None,
+) -> None:
+    """The ``main`` of ``python -m recipes.<name>``: its extra commands by name, else the FusionCLI subcommands.
+
+    Every recipe has ``convert-checkpoint``; ``commands`` adds the recipe's own (GIFNet's ``import-official``).
+    """
+    argv = sys.argv[1:] if args is None else args
+    extra = {
+        "convert-checkpoint": lambda rest: convert_checkpoint_command(
+            rest, f"python -m recipes.{name} convert-checkpoint"
+        ),
+        **(commands or {}),
+    }
+    if argv[:1] and argv[0] in extra:
+        extra[argv[0]](argv[1:])
+        return
+    FusionCLI(model_class, FusionDataModule, default_config=default_config, args=args)
 
 
 def names_config_files(argv: Any) -> bool:

@@ -34,27 +34,12 @@ Supports:
 
 from __future__ import annotations
 
-import sys
-
-from datamodules.mixture import FusionDataModule
 from lightning_modules.cmifusion import CMIFusionModule
-from recipes.cli import FusionCLI, convert_checkpoint_command
-
-
-class CMIFusionCLI(FusionCLI):
-    """FusionCLI that checks for text-encoder weights before anything else happens in ``fit``."""
-
-    def before_fit(self) -> None:
-        # Fail before the demo set is built or a step is taken when no CLIP weights are at hand.
-        self.model.text_encoder.load_tower()
+from recipes.cli import run_recipe
 
 
 def main(args: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["convert-checkpoint"]:
-        convert_checkpoint_command(argv[1:], prog="python -m recipes.cmifusion convert-checkpoint")
-        return
-    CMIFusionCLI(CMIFusionModule, FusionDataModule, default_config="cmifusion.yaml", args=args)
+    run_recipe("cmifusion", CMIFusionModule, default_config="cmifusion.yaml", args=args)
 
 
 if __name__ == "__main__":

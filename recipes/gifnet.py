@@ -37,13 +37,11 @@ Supports:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
-from datamodules.mixture import FusionDataModule
 from lightning_modules.gifnet import GIFNetModule
 from lightning_modules.networks.gifnet_official import (
     OFFICIAL_NETWORK_ARGUMENTS,
@@ -51,7 +49,7 @@ from lightning_modules.networks.gifnet_official import (
     convert_official_state_dict,
     load_official_state_dict,
 )
-from recipes.cli import FusionCLI, convert_checkpoint_command
+from recipes.cli import run_recipe
 
 
 def import_official_command(argv: list[str]) -> None:
@@ -84,14 +82,13 @@ def import_official_command(argv: list[str]) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["convert-checkpoint"]:
-        convert_checkpoint_command(argv[1:], prog="python -m recipes.gifnet convert-checkpoint")
-        return
-    if argv[:1] == ["import-official"]:
-        import_official_command(argv[1:])
-        return
-    FusionCLI(GIFNetModule, FusionDataModule, default_config="gifnet.yaml", args=args)
+    run_recipe(
+        "gifnet",
+        GIFNetModule,
+        default_config="gifnet.yaml",
+        args=args,
+        commands={"import-official": import_official_command},
+    )
 
 
 if __name__ == "__main__":

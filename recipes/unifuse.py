@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "gifnet": ("recipes.gifnet", "train, evaluate and run GIFNet (three-branch task interaction)"),

@@ -38,34 +38,12 @@ Supports:
 
 from __future__ import annotations
 
-import sys
-
-from datamodules.mixture import FusionDataModule
 from lightning_modules.upfusion import UPFusionModule
-from recipes.cli import FusionCLI, convert_checkpoint_command
-
-
-class UPFusionCLI(FusionCLI):
-    """FusionCLI that checks for CLIP weights first: both towers' in ``fit``, the visual tower's otherwise."""
-
-    def before_fit(self) -> None:
-        # Fail before the demo set is built or a step is taken when no CLIP weights are at hand.
-        self.model.image_encoder.load_tower()
-        self.model.text_encoder.load_tower()
-
-    def _check_visual_weights(self) -> None:
-        # Every image passes the visual tower, so inference needs its weights too (prompts are cached).
-        self.model.image_encoder.load_tower()
-
-    before_validate = before_test = before_predict = _check_visual_weights
+from recipes.cli import run_recipe
 
 
 def main(args: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["convert-checkpoint"]:
-        convert_checkpoint_command(argv[1:], prog="python -m recipes.upfusion convert-checkpoint")
-        return
-    UPFusionCLI(UPFusionModule, FusionDataModule, default_config="upfusion.yaml", args=args)
+    run_recipe("upfusion", UPFusionModule, default_config="upfusion.yaml", args=args)
 
 
 if __name__ == "__main__":

@@ -442,3 +442,12 @@ def test_training_draws_differ_across_two_ddp_ranks_and_repeat_across_a_resume(t
     for rank in (0, 1):
         seeds = {step: record["seed"] for step, record in resumed[rank].items()}
         assert seeds == {step: whole[rank][step]["seed"] for step in (3, 4)}, f"rank {rank} reseeded differently"
+
+
+def test_random_degradations_run_under_bf16_autocast() -> None:
+    """bf16-mixed training degrades float32 batches inside autocast; kernels that return bf16 must not break it."""
+    clean = torch.rand(16, 1, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        degraded, severities = random_degradations(clean)
+    assert degraded.dtype == clean.dtype and degraded.shape == clean.shape
+    assert bool((severities.sum(dim=1) > 0).all())

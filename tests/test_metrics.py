@@ -11,7 +11,6 @@ import pytest
 import torch
 from scipy.ndimage import uniform_filter
 
-from lightning_modules.metrics import reference as metrics_reference
 from lightning_modules.metrics import (
     EXTRA_METRICS,
     HIGHER_IS_BETTER,
@@ -23,6 +22,7 @@ from lightning_modules.metrics import (
     compute_metrics,
     to_grey_levels,
 )
+from lightning_modules.metrics import reference as metrics_reference
 
 from conftest import PROJECT_ROOT
 
