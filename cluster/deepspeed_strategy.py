@@ -11,7 +11,6 @@ requires. The DeepSpeed batch script uses it.
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 from pytorch_lightning.strategies import DeepSpeedStrategy
 
 MICRO_BATCH_KEY = "train_micro_batch_size_per_gpu"
@@ -20,9 +19,11 @@ MICRO_BATCH_KEY = "train_micro_batch_size_per_gpu"
 class StreamingDeepSpeedStrategy(DeepSpeedStrategy):
     """``DeepSpeedStrategy`` that reads the per-GPU batch size from ``trainer.datamodule.batch_size``."""
 
-    def setup(self, trainer: pl.Trainer) -> None:
-        batch_size = getattr(trainer.datamodule, "batch_size", None)
+    def _format_batch_size_and_grad_accum_config(self) -> None:
+        # The one method every path to the batch-size look-up goes through: Lightning formats the config in
+        # setup(), or earlier, in model_sharded_context, when the module overrides configure_model.
+        batch_size = getattr(self.lightning_module.trainer.datamodule, "batch_size", None)
         # An explicit value in the DeepSpeed config wins; without a data module attribute, Lightning's own look-up runs.
         if isinstance(self.config, dict) and MICRO_BATCH_KEY not in self.config and isinstance(batch_size, int):
             self.config[MICRO_BATCH_KEY] = batch_size
-        super().setup(trainer)
+        super()._format_batch_size_and_grad_accum_config()

@@ -204,9 +204,15 @@ class FusionModule(pl.LightningModule):
         runs) would get no gradient, and plain DDP (without ``find_unused_parameters``) fails on the
         next step. With the zero-weighted sum each parameter takes part in every step's reduction;
         the loss and every gradient are unchanged (an unused parameter's gradient is 0 instead of none).
+
+        Under DeepSpeed ZeRO-3 the loss is returned as it is: each rank holds only a slice of every
+        parameter (marked by DeepSpeed's ``ds_id``) outside the forward pass, so a sum over them has
+        no valid gradient, and DeepSpeed reduces gradients by its own hooks, which need no anchor.
         """
-        anchor = sum(parameter.sum() for parameter in self.parameters() if parameter.requires_grad)
-        return loss + 0.0 * anchor
+        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        if any(hasattr(parameter, "ds_id") for parameter in trainable):
+            return loss
+        return loss + 0.0 * sum(parameter.sum() for parameter in trainable)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """AdamW over every parameter; on CUDA its fused kernel, which updates them all in one launch."""

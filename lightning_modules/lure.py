@@ -286,8 +286,7 @@ class LUREModule(PromptCacheCheckpoints, FusionModule):
             losses.update(self.fusion_losses(batch, prompts))
         # Every parameter joins the graph (with weight zero where this stage does not train it), so
         # DDP's gradient reduction finds all of them and a batch with nothing to learn still backpropagates.
-        anchor = 0.0 * sum(parameter.sum() for parameter in self.net.parameters())
-        losses["loss"] = anchor + (
+        losses["loss"] = self.with_every_parameter(
             self.unified_weight * (losses["unified"] + self.pseudo_weight * losses["pseudo_unified"])
             + losses["restore"]
             + losses["reconstruct"]
