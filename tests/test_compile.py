@@ -2,8 +2,8 @@
 
 The fast tests compile through TorchDynamo with eager backends (AOTAutograd's for the training step): the same
 graph capture, guards and forward/backward split as the default inductor backend, without generating and
-building C++ kernels (about 17 minutes for the tiny model on a busy 2-core machine). The slow test runs
-inductor itself.
+building C++ kernels, which took about 17 minutes for the tiny model on a busy 2-core machine: far past
+the test budget, so inductor itself is exercised by ``bench/train_throughput.py --compile`` on a GPU node.
 """
 
 from __future__ import annotations
@@ -111,9 +111,3 @@ def test_compile_switch_on_the_command_line(capsys: pytest.CaptureFixture[str]) 
     printed = yaml.safe_load(capsys.readouterr().out)
     model = printed["model"].get("init_args", printed["model"])
     assert model["compile"] is True
-
-
-@pytest.mark.slow
-def test_inductor_training_step_equals_eager() -> None:
-    """The default backend, C++ kernels included (17 minutes on a busy 2-core machine; its cache speeds reruns)."""
-    assert_same_step(tiny_module(), tiny_module(compile=True))
