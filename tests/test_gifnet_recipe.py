@@ -222,3 +222,15 @@ def test_predict_on_a_missing_folder_names_it(trained_run: Path, tmp_path: Path)
     )
     assert result.returncode != 0
     assert str(missing) in result.stderr
+
+
+def test_a_run_stopped_by_its_time_limit_leaves_its_last_step_in_last_ckpt(tmp_path: Path) -> None:
+    """max_time stops between save points (no validation, mid-epoch): last.ckpt must still hold the final step."""
+    run_recipe(
+        "fit", "--config", TINY, "--run_name", "timed", "--trainer.max_time", "00:00:00:03",
+        "--trainer.max_steps", "100000", "--trainer.limit_val_batches", "0", "--data.batches_per_epoch", "100000",
+        "--trainer.logger", "false", runs_dir=tmp_path,
+    )  # fmt: skip
+    last = tmp_path / "timed" / "checkpoints" / "last.ckpt"
+    assert last.is_file(), "a time-limited run wrote no last.ckpt"
+    assert global_step(last) >= 1
