@@ -33,7 +33,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from datamodules.mixture import FusionDataModule
 from lightning_modules.inference.writer import FusedImageWriter
-from recipes.run_identity import evaluation_checkpoint, fit_checkpoint, wandb_run_id
+from recipes.run_identity import RunDirectoryError, evaluation_checkpoint, fit_checkpoint, wandb_run_id
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -238,7 +238,10 @@ def run_recipe(
     if argv[:1] and argv[0] in extra:
         extra[argv[0]](argv[1:])
         return
-    FusionCLI(model_class, FusionDataModule, default_config=default_config, args=args)
+    try:
+        FusionCLI(model_class, FusionDataModule, default_config=default_config, args=args)
+    except RunDirectoryError as error:  # a user's choice to make, not a crash: the message says the ways on
+        raise SystemExit(f"error: {error}") from None
 
 
 def names_config_files(argv: Any) -> bool:
