@@ -26,8 +26,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-demo: setup
-	$(PY) -m recipes.gifnet fit
+demo: setup  # ARGS: more fit options, e.g. ARGS="--overwrite true" to train the demo again from scratch
+	$(PY) -m recipes.gifnet fit $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
