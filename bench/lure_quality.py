@@ -32,9 +32,10 @@ sys.path.insert(0, str(PROJECT_ROOT))
 import torch  # noqa: E402
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # noqa: E402
 
-from datamodules.demo import RESTORE_KINDS, demo_root, ensure_demo  # noqa: E402
+from datamodules.demo import demo_root, ensure_demo  # noqa: E402
 from datamodules.pairs import PairFolderDataset  # noqa: E402
 from datamodules.schema import DEGRADATIONS, collate  # noqa: E402
+from datamodules.synthesis import PHOTO_DEGRADATIONS  # noqa: E402
 from lightning_modules.lure import LUREModule  # noqa: E402
 
 
@@ -98,7 +99,7 @@ def evaluate(model: LUREModule, pairs_dir: Path) -> dict[str, dict[str, float]]:
         with model.prompted([table_prompt(model, kind, severity)]):
             row["right_psnr"], row["right_ssim"] = scores(model.fuse_full_resolution(batch), clean)
         wrong = []
-        for other in RESTORE_KINDS:
+        for other in PHOTO_DEGRADATIONS:
             if other != kind:
                 with model.prompted([table_prompt(model, other, severity)]):
                     wrong.append(scores(model.fuse_full_resolution(batch), clean))

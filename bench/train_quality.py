@@ -53,9 +53,10 @@ import yaml
 from quality import FUSION_BENCH, PROJECT_ROOT, predict_pairs
 
 from datamodules import synthesis
-from datamodules.demo import RESTORE_KINDS, ensure_demo
+from datamodules.demo import ensure_demo
 from datamodules.images import encode_png, read_image, resize_to
 from datamodules.schema import SampleMeta
+from datamodules.synthesis import PHOTO_DEGRADATIONS
 from recipes import evaluate
 
 CONFIG_DIR = PROJECT_ROOT / "recipes" / "configs"
@@ -341,7 +342,7 @@ def write_restoration_pairs(photos: list[tuple[str, np.ndarray]], folder: Path, 
     """Each photograph degraded by each kind at severity 2 (deterministic per photo and kind), as pair folders."""
     for name, image in photos:
         clean = synthesis.to_unit_float(image)
-        for kind in RESTORE_KINDS:
+        for kind in PHOTO_DEGRADATIONS:
             rng = np.random.default_rng([seed, zlib.crc32(f"{name}/{kind}".encode())])
             degraded = synthesis.degrade_photo(clean, kind, RESTORE_SEVERITY, rng)
             pair = folder / "RESTORE" / f"{name}-{kind}{RESTORE_SEVERITY}"
@@ -370,7 +371,8 @@ def lure_restoration_table(checkpoint: Path, pairs: Path, folder: Path) -> str:
         return f"(no colour IVIF/NIR visible images under {pairs}: LURE's restoration table skipped)"
     restore_pairs = write_restoration_pairs(photos, folder)
     model = LUREModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    header = f"{len(photos)} held-out photographs x {len(RESTORE_KINDS)} degradations at severity {RESTORE_SEVERITY}"
+    kinds = len(PHOTO_DEGRADATIONS)
+    header = f"{len(photos)} held-out photographs x {kinds} degradations at severity {RESTORE_SEVERITY}"
     return header + "\n\n" + report(evaluate_restoration(model, restore_pairs / "RESTORE"))
 
 

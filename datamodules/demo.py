@@ -68,7 +68,6 @@ TRAIN_PHOTOS = (
     "gravel.png",
 )
 VAL_PHOTOS = ("coffee.png", "coins.png", "rocket.jpg")
-RESTORE_KINDS = ("noise", "blur", "lowlight", "haze", "jpeg")
 MAX_SIDE = 512
 MIN_SIDE = 256
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -168,8 +167,8 @@ def photo_samples(
                 prompt="fuse the infrared and visible images",
             ),
         )
-    severities = [2] * len(RESTORE_KINDS) if split == "val" else None
-    for index, kind in enumerate(RESTORE_KINDS):
+    severities = [2] * len(synthesis.PHOTO_DEGRADATIONS) if split == "val" else None
+    for index, kind in enumerate(synthesis.PHOTO_DEGRADATIONS):
         for severity in severities[index : index + 1] if severities else rng.choice([1, 2, 3], size=2, replace=False):
             degraded = synthesis.degrade_photo(photo, kind, int(severity), rng, depth)
             tag = normalise_tag(f"{kind}:{int(severity)}")

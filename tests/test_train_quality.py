@@ -103,8 +103,8 @@ def test_held_out_restoration_pairs_are_degraded_copies_of_colour_visible_images
         write_restoration_pairs,
     )
 
-    from datamodules.demo import RESTORE_KINDS
     from datamodules.pairs import PairFolderDataset
+    from datamodules.synthesis import PHOTO_DEGRADATIONS
 
     pairs, _ = tiny_bench(tmp_path)
     write_image(pairs / "NIR" / "grey" / "a.png", np.zeros((40, 40), np.uint8))
@@ -113,7 +113,7 @@ def test_held_out_restoration_pairs_are_degraded_copies_of_colour_visible_images
     assert [name for name, _ in photos] == ["ivif-p0", "ivif-p1"]
     folder = write_restoration_pairs(photos, tmp_path / "restore")
     dataset = PairFolderDataset(folder / "RESTORE")
-    assert len(dataset) == len(photos) * len(RESTORE_KINDS)
+    assert len(dataset) == len(photos) * len(PHOTO_DEGRADATIONS)
     for item, path in zip(dataset, dataset.pairs):
         clean = read_image(path["paths"]["gt"])
         np.testing.assert_array_equal(clean, read_image(pairs / "IVIF" / path["key"].split("-")[1] / "b.png"))
