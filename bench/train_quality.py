@@ -1,7 +1,8 @@
-"""Quality at a fixed training budget: train each config for the same wall-clock time, then score it on fusion-bench.
+"""Quality at a fixed training budget: train each config for the same CPU time, then score it on fusion-bench.
 
-    python bench/train_quality.py                              # 20 min per config, every family with a CPU config
-    python bench/train_quality.py --minutes 8 --configs gifnet gifnet-fast
+    python bench/train_quality.py                              # 20 CPU-min per config, every family with a CPU config
+    python bench/train_quality.py --minutes 10 --jobs 2        # two fits at a time (one thread each) on 2 cores
+    python bench/train_quality.py --minutes 8 --clock wall --configs gifnet gifnet-fast
     python bench/train_quality.py --data demo                  # the built-in demo set instead of ../shared/datasets
     python bench/train_quality.py --configs tiny=gifnet:tests/configs/gifnet-tiny.yaml --minutes 0.3 --pairs DIR
     python bench/train_quality.py --minutes 8 --trainer.log_every_n_steps 5   # unknown options go to every fit
@@ -14,9 +15,12 @@ Per named config (``--configs``; by default ``gifnet`` and ``gifnet-fast``, plus
    ``data.sources`` of ``gifnet-real.yaml`` (``lure-real.yaml`` for LURE); ``--data demo`` trains on
    the built-in demo set. The model, batch and crop come from the family's CPU config, so every
    family sees the same data at the same budget.
-2. ``python -m recipes.<family> fit`` in a fresh run directory for ``--minutes`` of wall-clock time
-   (``trainer.max_time``; a step limit far beyond reach, so the learning rate stays at its peak after
-   warm-up, the same for every config; in-training validation off: step 3 replaces it). LURE spends the first
+2. ``python -m recipes.<family> fit`` in a fresh run directory for a budget of ``--minutes``: by
+   default CPU minutes of the fit's process and data workers (``recipes.compute_budget.CPUTimeBudget``),
+   each fit at ``--train-threads`` threads, so a busy machine slows the bench but does not change what
+   each config gets, and ``--jobs`` fits can run side by side; ``--clock wall`` counts wall-clock time
+   instead (``trainer.max_time``). A step limit far beyond reach keeps the learning rate at its peak
+   after warm-up, the same for every config; in-training validation is off (step 3 replaces it). LURE spends the first
    ``--lure-stage1`` of its budget in stage 1 (unified space) and the rest in stage 2 (fusion rules),
    resuming the same run. Steps reached and the training loss come from the run's CSV log.
 3. ``predict`` on every pair of ``--pairs`` (fusion-bench) at full resolution, then
@@ -44,6 +48,7 @@ import subprocess
 import sys
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python bench/train_quality.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     defaults = list(DEFAULT_CONFIGS) + [n for n, c in KNOWN_CONFIGS.items() if n not in DEFAULT_CONFIGS and c.available]
-    parser.add_argument("--minutes", type=float, default=20.0, help="wall-clock training budget per config")
+    parser.add_argument("--minutes", type=float, default=20.0, help="training budget per config, in --clock minutes")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cpu: CPU time of each fit's process and data workers (fair on a shared machine); wall: wall-clock time",
+    )
+    parser.add_argument("--train-threads", type=int, default=1, help="torch threads of each fit (OMP_NUM_THREADS)")
+    parser.add_argument("--jobs", type=int, default=1, help="fits run at the same time (e.g. cores / train threads)")
     parser.add_argument(
         "--configs", nargs="+", default=defaults, help=f"configs to train (default: {' '.join(defaults)})"
     )
@@ -201,8 +214,18 @@ def max_time(seconds: float) -> str:
     return f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def budget_options(clock: str, seconds: float) -> list[str]:
+    """The fit options that end training after ``seconds`` of CPU time (``clock`` cpu) or of wall-clock time."""
+    if clock == "cpu":
+        return [
+            "--trainer.callbacks+=recipes.compute_budget.CPUTimeBudget",
+            f"--trainer.callbacks.minutes={seconds / 60}",
+        ]
+    return ["--trainer.max_time", max_time(seconds)]
+
+
 def fit_command(
-    config: BenchConfig, overlay: Path | None, runs_dir: Path, seconds: float, extra: list[str]
+    config: BenchConfig, overlay: Path | None, runs_dir: Path, budget: list[str], extra: list[str]
 ) -> list[str]:
     command = [sys.executable, "-m", f"recipes.{config.recipe}", "fit", "--config", str(config.config)]
     if overlay is not None:
@@ -212,8 +235,7 @@ def fit_command(
         config.name,
         "--runs_dir",
         str(runs_dir),
-        "--trainer.max_time",
-        max_time(seconds),
+        *budget,
         "--trainer.max_steps",
         str(SCHEDULE_HORIZON),
         "--trainer.limit_val_batches",
@@ -230,23 +252,47 @@ def fit_command(
     ]
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What every config gets: ``minutes`` of ``clock`` time, each fit at ``threads`` torch threads."""
+
+    minutes: float
+    clock: str
+    threads: int
+    lure_stage1: float
+
+
+def run_fit(command: list[str], threads: int, log: Path) -> None:
+    """One fit, its output appended to ``log`` (fits may run side by side); a failure names the log."""
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with log.open("a") as handle:
+        done = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, stdout=handle, stderr=subprocess.STDOUT)
+    if done.returncode:
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        raise SystemExit(f"fit failed (exit {done.returncode}); its output is in {log}:\n{tail}")
+
+
 def train(
-    config: BenchConfig, overlay: Path | None, runs_dir: Path, minutes: float, lure_stage1: float, extra: list[str]
+    config: BenchConfig, overlay: Path | None, runs_dir: Path, budget: Budget, extra: list[str], log: Path
 ) -> tuple[Path, float]:
     """Train in a fresh run directory for the budget; returns the last checkpoint and the wall seconds."""
     shutil.rmtree(runs_dir / config.name, ignore_errors=True)
-    budget = 60.0 * minutes
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
+    seconds = 60.0 * budget.minutes
     started = time.perf_counter()
     if config.recipe == "lure":  # stage 1 for its share of the budget, then stage 2 resumes the same run
-        stage1 = fit_command(config, overlay, runs_dir, lure_stage1 * budget, extra) + ["--model.stage", "1"]
-        subprocess.run(stage1, cwd=PROJECT_ROOT, check=True)
-        stage2 = fit_command(config, overlay, runs_dir, budget, extra) + ["--model.stage", "2", "--ckpt_path", "last"]
-        subprocess.run(stage2, cwd=PROJECT_ROOT, check=True)
+        stage1 = budget_options(budget.clock, budget.lure_stage1 * seconds)
+        run_fit(fit_command(config, overlay, runs_dir, stage1, extra) + ["--model.stage", "1"], budget.threads, log)
+        # the budget's time spent is restored from the checkpoint: stage 2 gets what stage 1 left
+        stage2 = fit_command(config, overlay, runs_dir, budget_options(budget.clock, seconds), extra)
+        run_fit(stage2 + ["--model.stage", "2", "--ckpt_path", "last"], budget.threads, log)
     else:
-        subprocess.run(fit_command(config, overlay, runs_dir, budget, extra), cwd=PROJECT_ROOT, check=True)
+        command = fit_command(config, overlay, runs_dir, budget_options(budget.clock, seconds), extra)
+        run_fit(command, budget.threads, log)
     checkpoint = runs_dir / config.name / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
-        raise SystemExit(f"{config.name}: training wrote no {checkpoint}")
+        raise SystemExit(f"{config.name}: training wrote no {checkpoint} (see {log})")
     return checkpoint, time.perf_counter() - started
 
 
@@ -263,7 +309,7 @@ def loss_curve(run_dir: Path) -> tuple[list[int], list[float]]:
 
 
 def plot_losses(
-    curves: dict[str, tuple[list[int], list[float]]], steps_done: dict[str, int], minutes: float, path: Path
+    curves: dict[str, tuple[list[int], list[float]]], steps_done: dict[str, int], budget: str, path: Path
 ) -> Path:
     """One panel per config (losses of different families are not on one scale): training loss against step."""
     import matplotlib
@@ -274,7 +320,7 @@ def plot_losses(
     figure, axes = plt.subplots(1, len(curves), figsize=(4.0 * len(curves), 3.2), squeeze=False)
     for axis, (name, (steps, losses)) in zip(axes[0], curves.items()):
         axis.plot(steps, losses, marker="." if len(steps) < 30 else None)
-        axis.set_title(f"{name}: {steps_done[name]} steps in {minutes:g} min")
+        axis.set_title(f"{name}: {steps_done[name]} steps in {budget}")
         axis.set_xlabel("optimizer step")
         axis.set_ylabel("training loss")
         axis.grid(alpha=0.3)
@@ -284,8 +330,11 @@ def plot_losses(
     return path
 
 
-def steps_reached(checkpoint: Path) -> int:
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"])
+def steps_and_cpu_seconds(checkpoint: Path) -> tuple[int, float | None]:
+    """The steps a run reached and the CPU seconds its budget counted (None: a wall-clock budget)."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    spent = saved.get("callbacks", {}).get("CPUTimeBudget", {}).get("spent_seconds")
+    return int(saved["global_step"]), spent
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -400,12 +449,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # every config's training sources read once, before the first fit: all configs train on the same data
     overlays = {c.name: real_sources_overlay(c, out / "overlays") if real and c.data_config else None for c in configs}
-    trained: dict[str, tuple[BenchConfig, Path, float]] = {}
-    for config in configs:
-        checkpoint, seconds = train(
-            config, overlays[config.name], runs_dir, options.minutes, options.lure_stage1, fit_extra
-        )
-        trained[config.name] = (config, checkpoint, seconds)
+    budget = Budget(options.minutes, options.clock, options.train_threads, options.lure_stage1)
+    if options.jobs > 1 and options.clock == "wall":
+        parser.error("--jobs > 1 needs --clock cpu: side-by-side fits share the machine's wall-clock time")
+    logs = out / "logs"
+    print(f"training {len(configs)} configs, {options.jobs} at a time; their output: {logs}/<config>.log", flush=True)
+    with ThreadPoolExecutor(max_workers=options.jobs) as pool:
+        futures = {
+            c.name: pool.submit(train, c, overlays[c.name], runs_dir, budget, fit_extra, logs / f"{c.name}.log")
+            for c in configs
+        }
+        trained = {c.name: (c, *futures[c.name].result()) for c in configs}
 
     if options.threads is not None:
         torch.set_num_threads(options.threads)
@@ -427,16 +481,23 @@ def main(argv: list[str] | None = None) -> int:
     summary, sheets = score(fused, options, out / "evaluation")
 
     curves = {name: loss_curve(runs_dir / name) for name in trained}
-    steps_done = {name: steps_reached(checkpoint) for name, (_, checkpoint, _) in trained.items()}
-    plot = plot_losses(curves, steps_done, options.minutes, out / "loss.png")
+    records = {name: steps_and_cpu_seconds(checkpoint) for name, (_, checkpoint, _) in trained.items()}
+    steps_done = {name: steps for name, (steps, _) in records.items()}
+    plot = plot_losses(curves, steps_done, f"{options.minutes:g} {options.clock} min", out / "loss.png")
     print((out / "evaluation" / "summary.md").read_text())
-    print(f"## Training budget: {options.minutes:g} min per config, {options.data} data\n")
-    print("| config | recipe | steps reached | training wall s | final loss (last 5 logged) | predict wall s |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(
+        f"## Training budget: {options.minutes:g} {options.clock}-clock min per config "
+        f"({options.train_threads} thread(s) per fit, {options.jobs} fit(s) at a time), {options.data} data\n"
+    )
+    columns = ["config", "recipe", "steps reached", "training CPU s", "training wall s", "final loss (last 5 logged)"]
+    print("| " + " | ".join([*columns, "predict wall s"]) + " |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name, (config, _, seconds) in trained.items():
         losses = curves[name][1]
         final = f"{np.mean(losses[-5:]):.4f}" if losses else "—"
-        row = [name, config.recipe, steps_done[name], f"{seconds:.0f}", final, f"{predict_seconds[name]:.0f}"]
+        cpu = records[name][1]
+        row = [name, config.recipe, steps_done[name], "—" if cpu is None else f"{cpu:.0f}", f"{seconds:.0f}", final]
+        row.append(f"{predict_seconds[name]:.0f}")
         print("| " + " | ".join(str(cell) for cell in row) + " |")
     print()
     print("\n".join(goal_check(summary, list(trained))))

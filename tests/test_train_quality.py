@@ -85,6 +85,7 @@ def test_tiny_budget_produces_table_plot_and_sheets(tmp_path: Path) -> None:
 
     [steps_row] = [line for line in printed.splitlines() if line.startswith("| tiny | gifnet |")]
     assert int(steps_row.split("|")[3]) >= 1
+    assert float(steps_row.split("|")[4]) >= 0.15 * 60  # the CPU time the budget let the fit spend
     assert "- tiny IVIF:" in printed and "- tiny MFIF:" in printed  # the goal check, per task
 
     with Image.open(out / "loss.png") as plot:
