@@ -21,6 +21,23 @@ Splitting is explicit. Each rank and each DataLoader worker of a rank is one *pa
 Either way every rank yields exactly ``batches_per_epoch`` batches (each worker its fixed share),
 so DDP never waits on a rank that ran dry. Batches are built inside the workers.
 
+Resuming mid-epoch. A pass over the stream is a function of (seed, epoch, partition) alone, so a
+fit resumed in the middle of epoch ``e`` after ``k`` batches continues it exactly: the pass of epoch
+``e`` skips its first ``k`` batches and yields the rest, the same samples, crops, flips and order as
+the uninterrupted run (and so the same batch at the same global step, which per-step random draws
+such as LURE's rely on). Under a Trainer, ``k`` is the fit loop's count of batches done in the
+epoch, which Lightning restores from the checkpoint and continues the batch index and global step
+from; the loader is also a resumable loader for Lightning (:meth:`StreamLoader.state_dict`, saved
+in every checkpoint), whose state carries the stream's layout so that a resume with a changed
+batch size, worker count, world size, seed or sources warns that the rest of the epoch will differ.
+Each rank skips its own ``k`` batches. The loader takes batch ``i`` of a pass from worker
+``i mod workers``; after ``k`` batches, worker ``w`` therefore plays the part of worker
+``(w + k) mod workers``, whose first batches are gone. Skipping is cheap: a worker still reads its
+shards and draws every random number the skipped samples would have drawn (source choices, shuffle
+buffer, crop windows from the PNG headers, flips), but decodes no pixel. A sample whose header reads
+but whose pixels do not decode counts as good while skipping (the interrupted run skipped it), so
+each such sample among the first ``k`` batches shifts the resumed epoch by one sample.
+
 A truncated shard or a corrupt member is skipped and counted, never fatal: the loader strips the
 per-worker counters that ride along with each batch, adds them up, logs a warning at the end of an
 epoch that skipped anything, and keeps them in :attr:`FusionDataModule.stream_stats`. Only a
@@ -114,6 +131,41 @@ def array_to_tensor(image: np.ndarray, luminance_only: bool, bit_depth: int | No
     return torch.from_numpy(np.multiply(image, scale, dtype=np.float32).transpose(2, 0, 1).copy())
 
 
+@dataclasses.dataclass(frozen=True)
+class CropPlan:
+    """Where one sample's random crop lies and how it is flipped (shared by a, b and gt)."""
+
+    horizontal: bool
+    vertical: bool
+    top: int
+    left: int
+    enlarge_to: tuple[int, int] | None  # (height, width) to resize to first, for images smaller than the crop
+
+
+def plan_crop(
+    members: dict[str, bytes], rng: np.random.Generator, crop_size: int, flips: bool = True, where: str = "sample"
+) -> CropPlan:
+    """Draw one sample's flips and crop window from ``rng``, reading only the image headers.
+
+    Images smaller than the crop are to be enlarged (bilinear) so that their short side fits it.
+    Raises :class:`~datamodules.images.ImageError` when the members differ in size or a header is broken.
+    """
+    sizes = {role: images.png_size(data, f"{where}.{role}.png") for role, data in members.items()}
+    if len(set(sizes.values())) > 1:
+        raise images.ImageError(f"{where}: members differ in size {sizes}")
+    height, width = sizes["a"]
+    horizontal = flips and rng.random() < 0.5
+    vertical = flips and rng.random() < 0.5
+    enlarge_to = None
+    if height < crop_size or width < crop_size:
+        scale = crop_size / min(height, width)
+        height, width = max(crop_size, math.ceil(height * scale)), max(crop_size, math.ceil(width * scale))
+        enlarge_to = (height, width)
+    top = int(rng.integers(0, height - crop_size + 1))
+    left = int(rng.integers(0, width - crop_size + 1))
+    return CropPlan(horizontal, vertical, top, left, enlarge_to)
+
+
 def crop_sample(
     meta: SampleMeta,
     members: dict[str, bytes],
@@ -123,21 +175,14 @@ def crop_sample(
     luminance_only: bool = True,
     where: str = "sample",
 ) -> dict[str, Any]:
-    """Decode one random ``crop_size`` window, shared by a, b and gt, with shared random flips.
+    """Decode one random ``crop_size`` window (:func:`plan_crop`), shared by a, b and gt, with shared flips.
 
-    Images smaller than the crop are first enlarged (bilinear) so that their short side fits it.
     Raises :class:`ValueError` / :class:`~datamodules.images.ImageError` for a broken sample.
     """
-    sizes = {role: images.png_size(data, f"{where}.{role}.png") for role, data in members.items()}
-    if len(set(sizes.values())) > 1:
-        raise images.ImageError(f"{where}: members differ in size {sizes}")
-    height, width = sizes["a"]
-    horizontal = flips and rng.random() < 0.5
-    vertical = flips and rng.random() < 0.5
+    plan = plan_crop(members, rng, crop_size, flips, where)
+    top, left = plan.top, plan.left
     tensors: dict[str, torch.Tensor] = {}
-    if height >= crop_size and width >= crop_size:
-        top = int(rng.integers(0, height - crop_size + 1))
-        left = int(rng.integers(0, width - crop_size + 1))
+    if plan.enlarge_to is None:
         window = (top, left, crop_size, crop_size)
         for role, data in members.items():
             what = f"{where}.{role}.png"
@@ -145,22 +190,18 @@ def crop_sample(
                 array = images.decode_png(data, window, what=what)
             else:
                 array = images.decode_image(data, what)[top : top + crop_size, left : left + crop_size]
-            if horizontal:
+            if plan.horizontal:
                 array = array[:, ::-1]
-            if vertical:
+            if plan.vertical:
                 array = array[::-1]
             tensors[role] = array_to_tensor(array, luminance_only, meta.bit_depth)
     else:
-        scale = crop_size / min(height, width)
-        size = (max(crop_size, math.ceil(height * scale)), max(crop_size, math.ceil(width * scale)))
-        top = int(rng.integers(0, size[0] - crop_size + 1))
-        left = int(rng.integers(0, size[1] - crop_size + 1))
-        dims = [d for d, flag in ((-1, horizontal), (-2, vertical)) if flag]
+        dims = [d for d, flag in ((-1, plan.horizontal), (-2, plan.vertical)) if flag]
         for role, data in members.items():
             array = images.decode_image(data, f"{where}.{role}.png")
             tensor = array_to_tensor(array, luminance_only, meta.bit_depth)
-            tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0].clamp_(0, 1)
-            tensor = tensor[:, top : top + crop_size, left : left + crop_size]
+            tensor = F.interpolate(tensor[None], size=plan.enlarge_to, mode="bilinear", align_corners=False)[0]
+            tensor = tensor.clamp_(0, 1)[:, top : top + crop_size, left : left + crop_size]
             tensors[role] = (tensor.flip(dims) if dims else tensor).contiguous()
     return {
         "a": tensors["a"],
@@ -228,6 +269,7 @@ class MixtureStream(IterableDataset):
         self.shuffle_buffer = max(1, shuffle_buffer)
         self.max_consecutive_failures = max_consecutive_failures
         self.epoch = 0
+        self.consumed = 0  # batches of the next pass already trained on (a resumed epoch): skipped
         self.partitions = world_size * max(1, num_workers)
         self.batches_per_epoch = self._epoch_length(batches_per_epoch)
 
@@ -272,6 +314,22 @@ class MixtureStream(IterableDataset):
     def __len__(self) -> int:
         return self.batches_per_epoch
 
+    def layout(self) -> dict[str, Any]:
+        """Everything besides the epoch that decides which samples this rank's batches hold, in which order."""
+        return {
+            "sources": [[source.label, source.weight, len(urls)] for source, urls in zip(self.sources, self.urls)],
+            "batch_size": self.batch_size,
+            "crop_size": self.crop_size,
+            "batches_per_epoch": self.batches_per_epoch,
+            "resampled": self.resampled,
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "seed": self.seed,
+            "flips": self.flips,
+            "luminance": self.luminance,
+            "shuffle_buffer": self.shuffle_buffer,
+        }
+
     def worker_batches(self, worker: int) -> int:
         workers = max(1, self.num_workers)
         share, extra = divmod(self.batches_per_epoch, workers)
@@ -284,16 +342,26 @@ class MixtureStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if workers != max(1, self.num_workers):
             raise RuntimeError(f"MixtureStream was built for {self.num_workers} workers but runs in {workers}")
-        epoch = self.epoch
-        self.epoch += 1  # a persistent worker's copy keeps counting by itself
-        partition = self.rank * workers + worker
+        epoch, consumed = self.epoch, self.consumed
+        self.epoch += 1  # a persistent worker's copy keeps counting by itself,
+        self.consumed = 0  # and continues a resumed epoch only in its first pass
+        # The loader takes the workers' batches in turn, so batch i of a pass is worker (i mod workers)'s
+        # share. A pass resumed after `consumed` batches must start with the share that batch `consumed`
+        # belongs to: this worker plays `share`, whose first `len(range(share, consumed, workers))` are done.
+        share = (worker + consumed) % workers
+        return self._batches(epoch, share, len(range(share, consumed, workers)))
+
+    def _batches(self, epoch: int, share: int, done: int) -> Iterator[dict[str, Any]]:
+        """The batches of one worker's ``share`` of an epoch, after the first ``done`` (drawn, not decoded)."""
+        partition = self.rank * max(1, self.num_workers) + share
         rng = np.random.default_rng([self.seed, epoch, partition])
         stats = StreamStats()
         streams = [self._source_samples(index, partition, epoch, rng, stats) for index in range(len(self.sources))]
         active = list(range(len(streams)))
         failures = 0
         batch: list[dict[str, Any]] = []
-        remaining = self.worker_batches(worker)
+        remaining = self.worker_batches(share) - done
+        fast_forward = done * self.batch_size  # samples of the batches already done
         passes = 0
         read_before_pass = 0
         while remaining > 0:
@@ -305,7 +373,7 @@ class MixtureStream(IterableDataset):
                         for url in split_by_partition(urls, partition, self.partitions, self.seed)
                     ]
                     raise RuntimeError(
-                        f"rank {self.rank} worker {worker}: nothing readable in its share of the shards "
+                        f"rank {self.rank} worker {share}: nothing readable in its share of the shards "
                         f"({len(mine)} of "
                         f"{sum(len(urls) for urls in self.urls)}: {', '.join(mine[:4]) or 'none'}); build more shards "
                         f"(--maxcount), use fewer workers, or set resampled=True. {stats.summary()}"
@@ -327,7 +395,10 @@ class MixtureStream(IterableDataset):
                 active.remove(chosen)
                 continue
             try:
-                sample = crop_sample(meta, members, rng, self.crop_size, self.flips, self.luminance, where)
+                if fast_forward:  # the same random draws as crop_sample, without decoding a pixel
+                    plan_crop(members, rng, self.crop_size, self.flips, where)
+                else:
+                    sample = crop_sample(meta, members, rng, self.crop_size, self.flips, self.luminance, where)
             except (ValueError, images.ImageError) as error:
                 stats.skip(str(error))
                 failures += 1
@@ -337,8 +408,11 @@ class MixtureStream(IterableDataset):
                     ) from None
                 continue
             failures = 0
-            sample["key"] = where
             stats.samples += 1
+            if fast_forward:
+                fast_forward -= 1
+                continue
+            sample["key"] = where
             batch.append(sample)
             if len(batch) == self.batch_size:
                 out = collate(batch)
@@ -405,21 +479,27 @@ class StreamLoader(DataLoader):
     when their batch arrives (the first 20 times an epoch), and each epoch that had any is summed
     up once, at its end or when the next epoch starts.
 
-    ``epoch_fn`` gives the epoch to seed each pass with (the trainer's current epoch, so a resumed
-    run continues the random streams); by default the loader counts its own passes.
+    Each pass is one epoch of the stream. ``position_fn`` says, as a pass starts, which epoch it is
+    (the seed of its random streams) and how many of that epoch's batches were already trained on;
+    the pass skips those and yields the rest (see "Resuming mid-epoch" in the module docstring).
+    :class:`FusionDataModule` passes the trainer's epoch and its count of batches done in it. Without
+    ``position_fn`` the loader counts its own passes from 0, each from its first batch, except the
+    first pass after :meth:`load_state_dict`, which continues where the saved loader stood.
     """
 
     max_warnings_per_epoch = 20
 
-    def __init__(self, dataset: MixtureStream, epoch_fn: Callable[[], int] | None = None, **kwargs: Any):
+    def __init__(self, dataset: MixtureStream, position_fn: Callable[[], tuple[int, int]] | None = None, **kwargs: Any):
         kwargs.setdefault("num_workers", dataset.num_workers)
         if kwargs["num_workers"] != dataset.num_workers:
             raise ValueError("StreamLoader num_workers must match the MixtureStream's")
         if kwargs["num_workers"] > 0:
             kwargs.setdefault("worker_init_fn", _init_worker)
         super().__init__(dataset, batch_size=None, **kwargs)
-        self.epoch_fn = epoch_fn
+        self.position_fn = position_fn
         self.passes = 0
+        self._position = 0  # batches of the current pass handed out, counting those skipped on a resume
+        self._resume: tuple[int, int] | None = None  # (epoch, batches done) from load_state_dict
         self._finished = StreamStats()  # epochs already summed up
         self._latest: dict[int, dict[str, Any]] = {}  # this epoch: the newest counters of each partition
         self._epoch = 0
@@ -470,14 +550,50 @@ class StreamLoader(DataLoader):
         self._reported = 0
         self._warnings = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream stands: the current pass's epoch and its batches handed out, and the stream's layout.
+
+        Lightning saves it in every checkpoint (a resumable loader) and hands it back to
+        :meth:`load_state_dict` when a fit resumes in the middle of an epoch.
+        """
+        epoch, batches = self._epoch, self._position
+        if batches >= len(self):
+            epoch, batches = epoch + 1, 0
+        return {"epoch": epoch, "batches": batches, "layout": self.dataset.layout()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved :meth:`state_dict`; warns when the stream's layout has changed since."""
+        saved = state.get("layout", {})
+        changed = [name for name, value in self.dataset.layout().items() if saved.get(name, value) != value]
+        if changed:
+            log.warning(
+                "the training stream's %s changed since the checkpoint was saved: the resumed epoch still skips the "
+                "batches already trained on, but the rest are not those the interrupted run would have read",
+                ", ".join(changed),
+            )
+        self._resume = int(state["epoch"]), int(state["batches"])
+
     def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
         self._close_epoch()  # the previous epoch, if the trainer left its iterator unfinished
-        epoch = self.epoch_fn() if self.epoch_fn is not None else self.passes
-        self.passes += 1
+        if self.position_fn is not None:
+            epoch, done = self.position_fn()
+        else:
+            epoch, done = self._resume or (self.passes, 0)
+        self._resume = None
+        self.passes = epoch + 1
         self._epoch = epoch
-        self.dataset.epoch = epoch
-        for batch in super().__iter__():
+        self._position = done
+        if done and self.persistent_workers and self._iterator is not None:
+            raise RuntimeError(
+                "cannot resume a pass of a StreamLoader whose persistent workers already run: load the state "
+                "into a fresh loader, before its first pass"
+            )
+        self.dataset.epoch, self.dataset.consumed = epoch, done
+        batches = super().__iter__()  # the workers (or this process) take the epoch and the skip from here
+        self.dataset.consumed = 0
+        for batch in batches:
             self._absorb(int(batch.pop(_WORKER_KEY)), batch.pop(_STATS_KEY))
+            self._position += 1
             yield batch
         stats = self.epoch_stats
         if not self._summarised and (stats.skipped_samples or stats.broken_shards):
@@ -688,11 +804,11 @@ class FusionDataModule(pl.LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------------
 
-    def _epoch(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return (
-            trainer.current_epoch if trainer is not None else (self._train_loader.passes if self._train_loader else 0)
-        )
+    def _train_position(self) -> tuple[int, int]:
+        """The trainer's epoch and its batches done so far: 0 as an epoch starts, where it stopped on a resume."""
+        # The fit loop restores this count from the checkpoint (global step and batch index continue
+        # from it), also for a save the SLURM requeue signal made in the middle of a step.
+        return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def train_dataloader(self) -> StreamLoader:
         if self.train_stream is None:
@@ -700,7 +816,7 @@ class FusionDataModule(pl.LightningDataModule):
         assert self.train_stream is not None
         self._train_loader = StreamLoader(
             self.train_stream,
-            epoch_fn=self._epoch if getattr(self, "trainer", None) is not None else None,
+            position_fn=self._train_position if getattr(self, "trainer", None) is not None else None,
             pin_memory=self.pin_memory,
             prefetch_factor=2 if self.num_workers > 0 else None,
         )

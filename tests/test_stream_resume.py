@@ -1,0 +1,127 @@
+"""A resume in the middle of an epoch continues the training stream where it stopped (issue 13).
+
+The batches after a resume must be those the uninterrupted run trains on at the same steps: same
+sample keys, same pixels (crops and flips), same order, with one worker or several, resampled or
+one pass, and through a real ``python -m recipes.gifnet fit`` stopped mid-epoch and resumed with
+``--ckpt_path last``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from batch_recorder import read_records
+
+from datamodules.mixture import MixtureStream, ShardSource, StreamLoader
+
+from conftest import PROJECT_ROOT
+from data_helpers import write_shards
+
+TINY = str(PROJECT_ROOT / "tests" / "configs" / "gifnet-tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def two_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    write_shards(out, "ivif", "ivif", count=24, maxcount=4, size=(24, 30), seed=1)
+    write_shards(out, "restore", "restore", count=24, maxcount=4, size=(24, 30), seed=2, degradations=["noise:1"])
+    return out
+
+
+def _stream(root: Path, workers: int, resampled: bool, batches: int | None) -> MixtureStream:
+    sources = [
+        ShardSource(urls=str(root / "ivif-{000000..000005}.tar"), weight=1.0, task="ivif"),
+        ShardSource(urls=str(root / "restore-{000000..000005}.tar"), weight=2.0, task="restore"),
+    ]
+    return MixtureStream(
+        sources, batch_size=3, crop_size=16, batches_per_epoch=batches, resampled=resampled, num_workers=workers, seed=5
+    )
+
+
+def _passes(loader: StreamLoader, count: int) -> list[list[dict[str, Any]]]:
+    return [list(loader) for _ in range(count)]
+
+
+def _assert_same_batches(resumed: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    assert [batch["key"] for batch in resumed] == [batch["key"] for batch in expected]
+    for got, want in zip(resumed, expected):
+        for name in ("a", "b", "gt", "task", "degradation"):
+            assert torch.equal(got[name], want[name]), f"{name} differs for samples {got['key']}"
+
+
+@pytest.mark.parametrize(
+    "workers, persistent, resampled, batches, consumed",
+    [
+        (0, False, True, 5, 2),  # one process
+        (2, False, True, 7, 3),  # an odd number consumed: the resumed pass starts with the second worker
+        (2, True, True, 7, 5),  # persistent workers: only their first pass skips
+        (2, False, False, None, 1),  # one pass over the shards, each sample once
+    ],
+)
+def test_a_resumed_loader_yields_what_the_uninterrupted_one_would(
+    two_tasks: Path, workers: int, persistent: bool, resampled: bool, batches: int | None, consumed: int
+) -> None:
+    options = {"persistent_workers": True} if persistent else {}
+    uninterrupted = _passes(StreamLoader(_stream(two_tasks, workers, resampled, batches), **options), 3)
+    assert len({len(epoch) for epoch in uninterrupted}) == 1 and len(uninterrupted[0]) > consumed
+
+    interrupted = StreamLoader(_stream(two_tasks, workers, resampled, batches), **options)
+    list(interrupted)  # epoch 0
+    for seen, _ in enumerate(interrupted, start=1):  # epoch 1, stopped `consumed` batches in
+        if seen == consumed:
+            break
+    state = interrupted.state_dict()
+    assert (state["epoch"], state["batches"]) == (1, consumed)
+
+    resumed = StreamLoader(_stream(two_tasks, workers, resampled, batches), **options)
+    resumed.load_state_dict(state)
+    rest_of_epoch, next_epoch = _passes(resumed, 2)
+    _assert_same_batches(rest_of_epoch, uninterrupted[1][consumed:])
+    _assert_same_batches(next_epoch, uninterrupted[2])
+
+
+# --------------------------------------------------------------------------------------------
+# Through the recipe: fit stopped mid-epoch by max_steps, resumed with --ckpt_path last
+
+
+def _fit(runs_dir: Path, record: Path, *args: str) -> None:
+    probe = record.with_suffix(".yaml")
+    probe.write_text(
+        "trainer:\n  callbacks:\n    - class_path: batch_recorder.RecordTrainingBatches\n"
+        f"      init_args: {{path: '{record}'}}\n"
+    )
+    environment = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [
+        sys.executable, "-m", "recipes.gifnet", "fit", "--config", TINY, "--config", str(probe),
+        "--runs_dir", str(runs_dir), "--run_name", "tiny", "--data.batches_per_epoch", "4",
+        "--data.num_workers", "2", "--trainer.limit_val_batches", "0", "--trainer.logger", "false", *args,
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+
+
+def test_fit_resumed_mid_epoch_trains_on_the_uninterrupted_runs_batches(tmp_path: Path) -> None:
+    # 4 batches an epoch; the interrupted run stops after step 5 (epoch 1, one batch in) and resumes to 8
+    _fit(tmp_path / "whole", tmp_path / "whole.jsonl", "--trainer.max_steps", "8")
+    _fit(tmp_path / "parts", tmp_path / "first.jsonl", "--trainer.max_steps", "5")
+    _fit(tmp_path / "parts", tmp_path / "resumed.jsonl", "--trainer.max_steps", "8", "--ckpt_path", "last")
+
+    whole = read_records(tmp_path / "whole.jsonl")
+    first = read_records(tmp_path / "first.jsonl")
+    resumed = read_records(tmp_path / "resumed.jsonl")
+    assert [record["step"] for record in whole] == list(range(8))
+    assert first == whole[:5]
+    assert [record["step"] for record in resumed] == [5, 6, 7]
+    # the same samples, pixels, epoch and batch index at every step: what LURE's per-step draws rely on
+    assert resumed == whole[5:]
