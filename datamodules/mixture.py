@@ -806,8 +806,9 @@ class FusionDataModule(pl.LightningDataModule):
 
     def _train_position(self) -> tuple[int, int]:
         """The trainer's epoch and its batches done so far: 0 as an epoch starts, where it stopped on a resume."""
-        # The fit loop restores this count from the checkpoint (global step and batch index continue
-        # from it), also for a save the SLURM requeue signal made in the middle of a step.
+        # The fit loop restores this count from the checkpoint and continues the batch index from it.
+        # Not the loader's own count: a save made inside a step (as the SLURM requeue signal may) has
+        # handed out that step's batch, which the resumed fit trains on again.
         return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def train_dataloader(self) -> StreamLoader:

@@ -8,6 +8,7 @@ one pass, and through a real ``python -m recipes.gifnet fit`` stopped mid-epoch 
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -86,6 +87,21 @@ def test_a_resumed_loader_yields_what_the_uninterrupted_one_would(
     _assert_same_batches(next_epoch, uninterrupted[2])
 
 
+def test_a_resume_with_a_changed_stream_warns_that_the_epoch_will_differ(
+    two_tasks: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = {"epoch": 1, "batches": 2, "layout": _stream(two_tasks, 0, True, 5).layout()}
+    changed = _stream(two_tasks, 0, True, 5)
+    changed.seed = 6
+    with caplog.at_level(logging.WARNING, logger="datamodules.mixture"):
+        StreamLoader(changed).load_state_dict(state)
+    assert "training stream's seed changed since the checkpoint" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="datamodules.mixture"):
+        StreamLoader(_stream(two_tasks, 0, True, 5)).load_state_dict(state)
+    assert not caplog.text
+
+
 # --------------------------------------------------------------------------------------------
 # Through the recipe: fit stopped mid-epoch by max_steps, resumed with --ckpt_path last
 
@@ -125,3 +141,47 @@ def test_fit_resumed_mid_epoch_trains_on_the_uninterrupted_runs_batches(tmp_path
     assert [record["step"] for record in resumed] == [5, 6, 7]
     # the same samples, pixels, epoch and batch index at every step: what LURE's per-step draws rely on
     assert resumed == whole[5:]
+
+
+def test_a_checkpoint_saved_inside_a_step_resumes_at_that_steps_batch(two_tasks: Path, tmp_path: Path) -> None:
+    """As the SLURM requeue signal may: saved mid-step, the resumed fit retrains that step's batch, no other.
+
+    Rank 1 of 2 (its own partition of the shards), two workers, through Lightning's own checkpoint and restore.
+    """
+    import pytorch_lightning as pl
+
+    from datamodules.mixture import FusionDataModule
+
+    class Recorder(pl.LightningModule):
+        def __init__(self, save_at: int | None = None) -> None:
+            super().__init__()
+            self.layer = torch.nn.Conv2d(1, 1, 3, padding=1)
+            self.save_at = save_at
+            self.seen: list[tuple[int, int, list[str]]] = []
+
+        def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+            self.seen.append((self.global_step, batch_idx, list(batch["key"])))
+            if self.global_step == self.save_at:
+                self.trainer.save_checkpoint(tmp_path / "inside-step.ckpt")
+            return torch.nn.functional.l1_loss(self.layer(batch["a"]), batch["gt"])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def fit(model: Recorder, ckpt_path: Path | None = None) -> None:
+        data = FusionDataModule(
+            sources=_stream(two_tasks, 2, True, 4).sources,
+            batch_size=3, crop_size=16, batches_per_epoch=4, num_workers=2, seed=5, rank=1, world_size=2,
+        )  # fmt: skip
+        trainer = pl.Trainer(
+            accelerator="cpu", max_steps=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+
+    whole = Recorder(save_at=5)
+    fit(whole)
+    assert [step for step, _, _ in whole.seen] == list(range(8))
+    resumed = Recorder()
+    fit(resumed, tmp_path / "inside-step.ckpt")
+    assert resumed.seen == whole.seen[5:]
