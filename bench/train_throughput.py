@@ -14,10 +14,11 @@ weights as in bench/family_speed.py; its ``data`` section builds the data plane)
   first step's extra time over a steady one is reported as compile time.
 - peak memory: on CUDA the allocator's peak over the steps; on CPU the peak resident memory (VmHWM) of the
   process that measured (Python, torch and the model included). Every cell runs in a fresh process.
-- syncs/step: operations in one step that make the host wait for a GPU (``.item()`` and Python ``bool()`` of a
-  tensor, ``nonzero`` and boolean-mask indexing, ``unique``), counted with torch.profiler: free on CPU, but the
-  count is the GPU's; "+ N opt" counts those inside the optimizer step (the CPU's AdamW reads each
-  parameter's step count; the fused CUDA kernel does not).
+- syncs/step: operations in one step that would make the host wait for a GPU (value reads such as ``.item()``
+  and ``if tensor``, outputs sized by the data such as ``nonzero``, ``unique`` and boolean-mask indexing, copies
+  of device tensors to the host and blocking copies of Python data to the device), counted on any device by
+  bench/host_syncs.py; "+ N opt" counts those inside the optimizer step. On CUDA, ``torch.cuda``'s sync debug
+  mode also counts the synchronisations CUDA reports (``cuda_syncs_per_step`` in the JSON).
 - CPU s/step: process CPU time per step, all threads summed: on a shared machine, wall time includes waiting
   for the cores; CPU time hardly depends on the other load (the public rows' CPU-time ratio likewise).
 - data samples/s: the data plane alone (the config's FusionDataModule loader, same crop and mix) with
@@ -46,6 +47,7 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ import yaml  # noqa: E402
 from data_throughput import measure as measure_loader  # noqa: E402
 from family_speed import build_module  # noqa: E402
 from gifnet_speed import autocast, median_seconds, resident_peak_gb, training_batch  # noqa: E402
+from host_syncs import HostSyncCounter  # noqa: E402
 from lightning_fabric.utilities.apply_func import move_data_to_device  # noqa: E402
 
 import lightning_modules  # noqa: E402,F401  (torchvision compat first)
@@ -75,17 +78,6 @@ DEFAULT_CONFIGS = (
     "cmifusion",
 )
 PEER_CONFIGS = ("gifnet", "gifnet-fast")
-#: Operations that wait for the GPU: reading a value back (``.item()``, ``bool()``), outputs whose size depends on
-#: the data (``nonzero``, boolean-mask indexing, ``unique``).
-SYNC_OPS = (
-    "aten::_local_scalar_dense",
-    "aten::nonzero",
-    "aten::masked_select",
-    "aten::_unique2",
-    "aten::unique_dim",
-    "aten::unique_consecutive",
-    "aten::repeat_interleave",
-)
 DISTINCT_BATCHES = 4
 
 
@@ -168,27 +160,27 @@ def profiled(step: Callable[[], Any], device: torch.device) -> torch.profiler.pr
     return profile
 
 
-def in_optimizer_step(event: Any) -> bool:
-    """Whether a profiled operation ran inside ``optimizer.step()`` (torch labels it ``Optimizer.step#...``)."""
-    while event is not None:
-        if event.name.startswith("Optimizer.step#"):
-            return True
-        event = event.cpu_parent
-    return False
+def host_syncs(step: Callable[[], Any], device_tensors: list[torch.Tensor]) -> dict[str, int]:
+    """Synchronising operations of one step by reason, those of the optimizer step as ``optimizer: <reason>``."""
+    counter = HostSyncCounter(device_tensors)
+    with counter:
+        step()
+    return dict(counter.counts)
 
 
-def sync_ops(profile: torch.profiler.profile) -> dict[str, int]:
-    """Waiting operations of one step by name, those of the optimizer step apart (``optimizer: <name>``).
-
-    PyTorch's single-tensor AdamW (CPU) reads each parameter's step count back with ``.item()``; the fused
-    kernel (CUDA) does not.
-    """
-    counts: dict[str, int] = {}
-    for event in profile.events():
-        if event.name in SYNC_OPS:
-            name = f"optimizer: {event.name}" if in_optimizer_step(event) else event.name
-            counts[name] = counts.get(name, 0) + 1
-    return counts
+def cuda_syncs(step: Callable[[], Any], device: torch.device) -> int | None:
+    """Synchronisations that CUDA itself reports in one step (sync debug mode warnings); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step()
+            synchronize(device)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(warning.message) for warning in caught)
 
 
 def top_ops(profile: torch.profiler.profile, device: torch.device, rows: int) -> str:
@@ -196,17 +188,24 @@ def top_ops(profile: torch.profiler.profile, device: torch.device, rows: int) ->
     return profile.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=48)
 
 
-def measure_step(step: Callable[[], Any], device: torch.device, args: argparse.Namespace, samples: int) -> dict:
+def measure_step(
+    step: Callable[[], Any],
+    device_tensors: list[torch.Tensor],
+    device: torch.device,
+    args: argparse.Namespace,
+    samples: int,
+) -> dict:
+    """Timing of the steady state, then the synchronisations of one more step (and its profile with --profile)."""
     figures = steady_state(step, device, args)
-    profile = profiled(step, device)
-    figures["sync_ops"] = sync_ops(profile)
+    figures["sync_ops"] = host_syncs(step, device_tensors)
     optimizer_syncs = [count for name, count in figures["sync_ops"].items() if name.startswith("optimizer: ")]
     figures["optimizer_syncs_per_step"] = sum(optimizer_syncs)
     figures["syncs_per_step"] = sum(figures["sync_ops"].values()) - figures["optimizer_syncs_per_step"]
+    figures["cuda_syncs_per_step"] = cuda_syncs(step, device)
     figures["samples"] = samples
     figures["samples_per_s"] = samples / figures["step_s"]
     if args.profile:
-        figures["profile"] = top_ops(profile, device, args.profile)
+        figures["profile"] = top_ops(profiled(step, device), device, args.profile)
     return figures
 
 
@@ -222,7 +221,8 @@ def our_step(config: str, batches: list[dict[str, Any]], device: torch.device, a
     clip = config_section(config, "trainer").get("gradient_clip_val")
     trainable = [parameter for parameter in module.parameters() if parameter.requires_grad]
     losses = module.compiled("training_losses")
-    batches = [move_data_to_device(batch, device) for batch in batches]
+    # as Lightning does: the host's copy of the metadata first (module.on_before_batch_transfer), then the move
+    batches = [move_data_to_device(module.on_before_batch_transfer(batch, 0), device) for batch in batches]
     position = iter(range(sys.maxsize))
 
     def step() -> None:
@@ -235,13 +235,18 @@ def our_step(config: str, batches: list[dict[str, Any]], device: torch.device, a
             torch.nn.utils.clip_grad_norm_(trainable, clip, foreach=True)
         optimizer.step()
 
-    return step, sum(parameter.numel() for parameter in trainable)
+    inputs = [*module.parameters(), *module.buffers(), *(value for batch in batches for value in tensors_of(batch))]
+    return step, sum(parameter.numel() for parameter in trainable), inputs
+
+
+def tensors_of(batch: dict[str, Any]) -> list[torch.Tensor]:
+    return [value for value in batch.values() if isinstance(value, torch.Tensor)]
 
 
 def ours_cell(config: str, crop: int, peer: bool, device: torch.device, args: argparse.Namespace) -> dict:
     batches = [training_batch(crop)] if peer else data_plane_batches(config, crop, DISTINCT_BATCHES)
-    step, parameters = our_step(config, batches, device, args)
-    figures = measure_step(step, device, args, samples=batches[0]["a"].shape[0])
+    step, parameters, inputs = our_step(config, batches, device, args)
+    figures = measure_step(step, inputs, device, args, samples=batches[0]["a"].shape[0])
     return {"config": config, "crop": crop, "peer": peer, "parameters": parameters, **figures}
 
 
@@ -264,7 +269,7 @@ def public_imports(path: Path) -> Iterator[None]:
         sys.path.remove(str(path))
 
 
-def public_iteration(path: Path, crop: int, device: torch.device, precision: str) -> Callable[[], None]:
+def public_iteration(path: Path, crop: int, device: torch.device, precision: str) -> tuple[Callable[[], None], list]:
     """One iteration of the public train.py (both steps) on bench/gifnet_speed.py's 4 samples."""
     with public_imports(path):
         from args import Args  # the public configuration class
@@ -324,12 +329,13 @@ def public_iteration(path: Path, crop: int, device: torch.device, precision: str
             loss.backward()
             optimizer.step()
 
-    return iteration
+    inputs = [*model.parameters(), *model.buffers(), *densenet.parameters(), *densenet.buffers(), *tensors_of(batch)]
+    return iteration, inputs
 
 
 def public_cell(path: Path, crop: int, device: torch.device, args: argparse.Namespace) -> dict:
-    iteration = public_iteration(path, crop, device, args.precision)
-    return {"config": "public GIFNet", "crop": crop, **measure_step(iteration, device, args, samples=4)}
+    iteration, inputs = public_iteration(path, crop, device, args.precision)
+    return {"config": "public GIFNet", "crop": crop, **measure_step(iteration, inputs, device, args, samples=4)}
 
 
 # ------------------------------------------------------------------------------------------- the parent

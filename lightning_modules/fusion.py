@@ -31,6 +31,22 @@ from lightning_modules.inference.color import restore_color
 from lightning_modules.inference.tiling import fuse_in_tiles, fuse_padded
 from lightning_modules.metrics import HIGHER_IS_BETTER, SOURCE_METRICS, FusionMetricTracker
 
+HOST_METADATA: tuple[str, ...] = ("task", "has_b", "has_gt", "degradation")
+"""Per-sample batch tensors that :func:`host_metadata` keeps as Python lists under the batch key ``host``."""
+
+
+def host_metadata(batch: dict[str, Any]) -> dict[str, list]:
+    """The batch's task ids, ``has_b`` and ``has_gt`` flags and degradation severities as Python lists.
+
+    A training step groups samples and names logged terms by them without reading device tensors (on a
+    GPU each such read makes the host wait for every queued kernel). :meth:`FusionModule.on_before_batch_transfer`
+    takes them while the batch is still on the host, where reading is free; a batch that did not pass
+    through it (one built by hand) is read here, once.
+    """
+    if "host" not in batch:
+        batch["host"] = {key: batch[key].tolist() for key in HOST_METADATA}
+    return batch["host"]
+
 
 def _as_plain(value: Any) -> Any:
     """Hyperparameters compare equal whether a sequence came from YAML (list) or a default (tuple)."""
@@ -179,15 +195,20 @@ class FusionModule(pl.LightningModule):
             self._compiled[name] = torch.compile(method)
         return self._compiled[name]
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and all(key in batch for key in HOST_METADATA):
+            host_metadata(batch)  # read on the host now, so the step never asks the device (see host_metadata)
+        return batch
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         losses = self.compiled("training_losses")(batch)
         batch_size = batch["a"].shape[0]
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), batch_size=batch_size, prog_bar=name == "loss")
-        # every task's share, absent ones as 0: asking which tasks are present would wait for the device
+        # every task's share, absent ones as 0, from the host's copy of the task ids
+        tasks = host_metadata(batch)["task"]
         for task_index, task_name in enumerate(TASKS):
-            share = (batch["task"] == task_index).float().mean()
-            self.log(f"train/share/{task_name}", share, batch_size=batch_size)
+            self.log(f"train/share/{task_name}", tasks.count(task_index) / batch_size, batch_size=batch_size)
         return losses["loss"]
 
     def on_train_epoch_end(self) -> None:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from datamodules.schema import TASKS, second_source, task_id
-from lightning_modules.fusion import FusionModule
+from lightning_modules.fusion import FusionModule, host_metadata
 from lightning_modules.losses import (
     MS_SSIM_WEIGHTS,
     BackboneEnergy,
@@ -40,12 +40,15 @@ from lightning_modules.losses import (
     per_sample_mean,
     ssim_loss,
 )
-from lightning_modules.networks.gifnet import IVIF_BRANCH, MFIF_BRANCH, GIFNet
+from lightning_modules.networks.gifnet import BRANCHES, IVIF_BRANCH, MFIF_BRANCH, GIFNet
+from lightning_modules.networks.layers import true_indices
 
 NETWORK_ARGUMENTS: tuple[str, ...] = tuple(
     name for name in inspect.signature(GIFNet).parameters if name != "source_channels"
 )
 """The :class:`GIFNet` sizes that :class:`GIFNetModule` takes as its own arguments (training is on luminance)."""
+
+MULTI_EXPOSURE, MULTI_FOCUS = task_id("meif"), task_id("mfif")
 
 INFERENCE_BRANCHES: tuple[str, ...] = ("mfif", "ivif", "per_task")
 """Values of ``inference_branch``: which branch fuses (and so trains) each task."""
@@ -181,8 +184,11 @@ class GIFNetModule(FusionModule):
             else MFIF_BRANCH
             for name in TASKS
         ]
-        # the branch of each task id, in training and at inference alike
+        # the branch of each task id, in training and at inference alike; on the host too, for grouping
         self.register_buffer("task_branch", torch.tensor(task_branch), persistent=False)
+        self.task_branches = tuple(task_branch)
+        # one branch for every task (``mfif``, ``ivif``): a batch needs no grouping by task at all
+        self.only_branch = task_branch[0] if len(set(task_branch)) == 1 else None
         if not 1 <= ms_ssim_scales <= len(MS_SSIM_WEIGHTS):
             raise ValueError(f"ms_ssim_scales must be 1..{len(MS_SSIM_WEIGHTS)}, got {ms_ssim_scales}")
         exponents = MS_SSIM_WEIGHTS[:ms_ssim_scales]
@@ -216,12 +222,17 @@ class GIFNetModule(FusionModule):
             self.energy.load_backbone()  # a missing weights file stops the run now, not at the first batch
 
     def fuse(self, a: Tensor, b: Tensor, task: Tensor) -> Tensor:
-        return self.network(a, b, self.task_branch[task])
+        return self.network(a, b, self.task_branch[task] if self.only_branch is None else self.only_branch)
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         a, b = batch["a"], second_source(batch)
         features = self.network.encode(a, b)
-        fused = self.network.fuse_features(features, self.task_branch[batch["task"]])
+        if self.only_branch is None:
+            branches = [self.task_branches[index] for index in host_metadata(batch)["task"]]
+            sizes = [branches.count(index) for index in range(len(BRANCHES))]
+            fused = self.network.fuse_features(features, self.task_branch[batch["task"]], sizes)
+        else:
+            fused = self.network.fuse_features(features, self.only_branch)
         reconstruction = self.network.reconstruct(features)
         # losses in float32 under mixed precision: SSIM variances (E[x^2] - E[x]^2) cancel in bfloat16
         with torch.autocast(a.device.type, enabled=False):
@@ -232,72 +243,83 @@ class GIFNetModule(FusionModule):
     def _weighted_terms(
         self, batch: dict[str, Any], b: Tensor, fused: Tensor, reconstruction: Tensor
     ) -> dict[str, Tensor]:
-        """The loss terms of every sample, their weighted total and the per-task means to log."""
+        """The loss terms of every sample, their weighted total and the per-task means to log.
+
+        Which samples each term applies to is decided from the host's copy of the batch metadata
+        (:func:`~lightning_modules.fusion.host_metadata`), so no device value is read back.
+        """
         a, task, has_b, has_gt = batch["a"], batch["task"], batch["has_b"], batch["has_gt"]
-        terms: list[tuple[str, Tensor, Tensor, bool]] = []  # name, per-sample values, their task ids, log per task
-        supervised = has_gt.nonzero().squeeze(1)
-        if supervised.numel():
-            fused_s, gt_s = fused[supervised], batch["gt"][supervised]
+        host = host_metadata(batch)
+        samples = list(zip(host["task"], host["has_b"], host["has_gt"], strict=True))
+        # name, per-sample values, their task ids on the device and on the host (None: logged over all samples)
+        terms: list[tuple[str, Tensor, Tensor, list[int] | None]] = []
+        supervised_tasks = [index for index, _, with_gt in samples if with_gt]
+        if supervised_tasks:
+            supervised = true_indices(has_gt, len(supervised_tasks))
+            fused_s, gt_s, task_s = fused[supervised], batch["gt"][supervised], task[supervised]
             terms += [
-                ("fidelity_l1", per_sample_mean((fused_s - gt_s).abs()), task[supervised], True),
-                ("fidelity_ssim", ssim_loss(fused_s, gt_s), task[supervised], True),
-                ("fidelity_gradient", gradient_loss(fused_s, [gt_s]), task[supervised], True),
+                ("fidelity_l1", per_sample_mean((fused_s - gt_s).abs()), task_s, supervised_tasks),
+                ("fidelity_ssim", ssim_loss(fused_s, gt_s), task_s, supervised_tasks),
+                ("fidelity_gradient", gradient_loss(fused_s, [gt_s]), task_s, supervised_tasks),
             ]
-        unsupervised = (~has_gt).nonzero().squeeze(1)
-        if unsupervised.numel():
+        unsupervised_tasks = [index for index, _, with_gt in samples if not with_gt]
+        if unsupervised_tasks:
+            unsupervised = true_indices(~has_gt, len(unsupervised_tasks))
             fused_u, a_u, b_u, task_u = fused[unsupervised], a[unsupervised], b[unsupervised], task[unsupervised]
+            weights = self._source_weights(a_u, b_u, task_u, unsupervised_tasks)
             terms += [
+                ("intensity", intensity_loss(fused_u, [a_u, b_u], weights), task_u, unsupervised_tasks),
                 (
-                    "intensity",
-                    intensity_loss(fused_u, [a_u, b_u], self._source_weights(a_u, b_u, task_u)),
+                    "gradient",
+                    self._gradient_terms(fused_u, a_u, b_u, task_u, unsupervised_tasks),
                     task_u,
-                    True,
+                    unsupervised_tasks,
                 ),
-                ("gradient", self._gradient_terms(fused_u, a_u, b_u, task_u), task_u, True),
             ]
         # the second source, or for a restoration sample (its b is its a) the clean target
         target = torch.where(has_b[:, None, None, None], batch["b"], batch["gt"])
-        rebuilt = (has_b | has_gt).nonzero().squeeze(1)
-        if rebuilt.numel():
+        rebuilt_count = sum(with_b or with_gt for _, with_b, with_gt in samples)
+        if rebuilt_count:
+            rebuilt = true_indices(has_b | has_gt, rebuilt_count)
             reconstruction_r, target_r = reconstruction[rebuilt], target[rebuilt]
             terms += [
-                ("l1", per_sample_mean((reconstruction_r - target_r).abs()), task[rebuilt], False),
-                ("ms_ssim", ms_ssim_loss(reconstruction_r, target_r, self.ms_ssim_weights), task[rebuilt], False),
+                ("l1", per_sample_mean((reconstruction_r - target_r).abs()), task[rebuilt], None),
+                ("ms_ssim", ms_ssim_loss(reconstruction_r, target_r, self.ms_ssim_weights), task[rebuilt], None),
             ]
 
         total = fused.new_zeros(())
         logged: dict[str, Tensor] = {}
-        for name, values, value_tasks, per_task in terms:
+        for name, values, value_tasks, host_tasks in terms:
             total = total + self.loss_weights[name] * values.sum()
-            if not per_task:
+            if host_tasks is None:
                 logged[f"recon/{name}"] = values.mean()
                 continue
-            for index in value_tasks.unique().tolist():
-                logged[f"{TASKS[index]}/{name}"] = values[value_tasks == index].mean()
+            for index in sorted(set(host_tasks)):
+                members = true_indices(value_tasks == index, host_tasks.count(index))
+                logged[f"{TASKS[index]}/{name}"] = values[members].mean()
         logged["loss"] = total / a.shape[0]
         return logged
 
-    def _source_weights(self, a: Tensor, b: Tensor, task: Tensor) -> Tensor:
+    def _source_weights(self, a: Tensor, b: Tensor, task: Tensor, host_tasks: list[int]) -> Tensor:
         """Intensity weights of both sources, unsupervised samples: (B, 2, 1, 1), or (B, 2, H, W) with per-pixel ones.
 
         Per sample from the sources' energy; per pixel for multi-exposure (well-exposedness) and
-        multi-focus pairs (the source in focus).
+        multi-focus pairs (the source in focus). ``host_tasks``: the samples' task ids on the host.
         """
         weights = energy_weights(self.energy(a), self.energy(b))[:, :, None, None]
-        multi_exposure = (task == task_id("meif"))[:, None, None, None]
-        if multi_exposure.any():
+        if MULTI_EXPOSURE in host_tasks:
+            multi_exposure = (task == MULTI_EXPOSURE)[:, None, None, None]
             weights = torch.where(multi_exposure, exposure_weights([a, b], self.exposure_sigma), weights)
-        multi_focus = (task == task_id("mfif"))[:, None, None, None]
-        if multi_focus.any():
-            weights = torch.where(multi_focus, focus_weights([a, b]), weights)
+        if MULTI_FOCUS in host_tasks:
+            weights = torch.where((task == MULTI_FOCUS)[:, None, None, None], focus_weights([a, b]), weights)
         return weights
 
-    def _gradient_terms(self, fused: Tensor, a: Tensor, b: Tensor, task: Tensor) -> Tensor:
+    def _gradient_terms(self, fused: Tensor, a: Tensor, b: Tensor, task: Tensor, host_tasks: list[int]) -> Tensor:
         """Unsupervised gradient term: to the sources' strongest edge; for multi-focus pairs, to the edges in focus."""
         values = gradient_loss(fused, [a, b])
-        multi_focus = (task == task_id("mfif")).nonzero().squeeze(1)
-        if not multi_focus.numel():
+        if MULTI_FOCUS not in host_tasks:
             return values
+        multi_focus = true_indices(task == MULTI_FOCUS, host_tasks.count(MULTI_FOCUS))
         a_f, b_f = a[multi_focus], b[multi_focus]
         in_focus = gradient_loss(fused[multi_focus], [a_f, b_f], focus_weights([a_f, b_f]))
         return values.index_copy(0, multi_focus, in_focus)

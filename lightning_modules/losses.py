@@ -8,26 +8,35 @@ are (B, 1, H, W) in [0, 1].
   weighted squared error whose optimum is the weighted blend of the sources (weights per sample or
   per pixel). :func:`gradient_loss`: L1 of the fused image's Sobel gradient magnitude to the
   sources' (their maximum, or weighted).
-- :func:`ssim_loss` (kornia's SSIM) and :func:`ms_ssim_loss`: a correct multi-scale SSIM (Wang,
-  Simoncelli and Bovik 2003), which kornia does not have (its ``MS_SSIMLoss`` is the single-resolution,
-  several-sigma variant with an L1 term).
+- :func:`ssim_loss` (SSIM with an 11-px Gaussian window, as kornia's) and :func:`ms_ssim_loss`: a correct
+  multi-scale SSIM (Wang, Simoncelli and Bovik 2003), which kornia does not have (its ``MS_SSIMLoss`` is the
+  single-resolution, several-sigma variant with an L1 term).
 - Source weights: :class:`GradientEnergy` (offline default: gradient energy of the images
   themselves over a pyramid), :class:`BackboneEnergy` (gradient energy of the features of an
   ImageNet CNN loaded from a local weights file), :func:`energy_weights`,
   :func:`exposure_weights` (per-pixel well-exposedness for multi-exposure fusion) and
   :func:`focus_weights` (per pixel, the sharper source of a multi-focus pair).
+- :func:`text_guided_terms` and :func:`masked_total`: UP-Fusion's and CMI-Fusion's loss from the
+  terms above, every term for every sample, each sample keeping the terms of its kind of pair.
+
+The filters (Sobel, Gaussian, Laplacian, box) are written here rather than taken from kornia, whose
+versions build each kernel from Python numbers on every call (a blocking host-to-device copy on a GPU)
+and read tensor values back on the CPU: built from ``arange`` on the image's device, and with pooling
+for box sums, they keep a training step free of host-device synchronisation. Results equal kornia's
+within float rounding (tests/test_losses.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from datamodules.schema import TASKS
 
 MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 """Exponents of the five scales of MS-SSIM, from Wang et al. 2003 (finest scale first)."""
@@ -41,9 +50,37 @@ def per_sample_mean(values: Tensor) -> Tensor:
     return values.flatten(1).mean(dim=1)
 
 
+def _planes(image: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B * C, 1, H, W): every channel filtered alone."""
+    return image.reshape(-1, 1, *image.shape[-2:])
+
+
 def sobel_magnitude(image: Tensor) -> Tensor:
-    """Per-pixel Sobel gradient magnitude, same shape as ``image`` (kornia, normalised kernel)."""
-    return kornia.filters.sobel(image)
+    """Per-pixel Sobel gradient magnitude ``sqrt(gx^2 + gy^2 + 1e-6)`` per channel, same shape as ``image``.
+
+    Kernels normalised to an L1 norm of 1, border replicated (kornia's ``sobel``).
+    """
+    taps = torch.arange(-1, 2, device=image.device, dtype=image.dtype)  # -1 0 1; smoothing 2 - |taps|: 1 2 1
+    along_x = (2 - taps.abs())[:, None] * taps / 8
+    kernels = torch.stack([along_x, along_x.T])[:, None]  # (2, 1, 3, 3): d/dx, d/dy
+    gx, gy = F.conv2d(F.pad(_planes(image), (1, 1, 1, 1), mode="replicate"), kernels).unbind(1)
+    return torch.sqrt(gx * gx + gy * gy + 1e-6).reshape(image.shape)
+
+
+def gaussian_blur(image: Tensor, window_size: int = 11, sigma: float = 1.5) -> Tensor:
+    """Each channel blurred by a normalised ``window_size``-tap Gaussian (odd), separably, border reflected."""
+    offsets = torch.arange(window_size, device=image.device, dtype=image.dtype) - window_size // 2
+    taps = torch.exp(-offsets.square() / (2 * sigma**2))
+    taps = taps / taps.sum()
+    radius = window_size // 2
+    planes = F.pad(_planes(image), (radius, radius, radius, radius), mode="reflect")
+    return F.conv2d(F.conv2d(planes, taps.view(1, 1, 1, -1)), taps.view(1, 1, -1, 1)).reshape(image.shape)
+
+
+def box_mean(image: Tensor, window: int) -> Tensor:
+    """Each channel's mean over a ``window`` x ``window`` square (odd) around every pixel, border reflected."""
+    radius = window // 2
+    return F.avg_pool2d(F.pad(image, (radius, radius, radius, radius), mode="reflect"), window, stride=1)
 
 
 def _stack_sources(sources: Sequence[Tensor]) -> Tensor:
@@ -108,9 +145,30 @@ def gradient_loss(fused: Tensor, sources: Sequence[Tensor], weights: Tensor | No
     return _weighted_distance(gradients[0], torch.stack(gradients[1:], dim=1), weights, squared=False)
 
 
+def ssim_maps(
+    image: Tensor, target: Tensor, window_size: int = 11, sigma: float = 1.5, data_range: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """The luminance and contrast-structure maps of SSIM, local statistics under a Gaussian window (reflect border).
+
+    SSIM is their product; MS-SSIM combines the contrast-structure means of several scales.
+    """
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    moments = gaussian_blur(
+        torch.cat([image, target, image * image, target * target, image * target]), window_size, sigma
+    )
+    mean_x, mean_y, mean_xx, mean_yy, mean_xy = moments.chunk(5)
+    variance_x, variance_y = mean_xx - mean_x**2, mean_yy - mean_y**2
+    covariance = mean_xy - mean_x * mean_y
+    luminance = (2 * mean_x * mean_y + c1) / (mean_x**2 + mean_y**2 + c1)
+    return luminance, (2 * covariance + c2) / (variance_x + variance_y + c2)
+
+
 def ssim_loss(image: Tensor, target: Tensor, window_size: int = 11) -> Tensor:
-    """1 - mean SSIM per sample (kornia's Gaussian-window SSIM, reflect padding, data range 1)."""
-    return 1.0 - per_sample_mean(kornia.metrics.ssim(image, target, window_size, max_val=1.0))
+    """1 - mean SSIM per sample: Gaussian window (sigma 1.5), reflect border, data range 1 (as kornia's ``ssim``)."""
+    # in float32 whatever the inputs and autocast: the variances (E[x^2] - E[x]^2) cancel in half precision
+    with torch.autocast(image.device.type, enabled=False):
+        luminance, contrast_structure = ssim_maps(image.float(), target.float(), window_size)
+    return 1.0 - per_sample_mean(luminance * contrast_structure)
 
 
 def ms_ssim(
@@ -147,21 +205,10 @@ def ms_ssim(
             f"{window_size}-px window (the coarsest side would be {smallest_side}); use fewer scales or a "
             "smaller window"
         )
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     result = image.new_ones(image.shape[0])
     for scale, weight in enumerate(weights):
-        moments = kornia.filters.gaussian_blur2d(
-            torch.cat([image, target, image * image, target * target, image * target]),
-            (window_size, window_size),
-            (sigma, sigma),
-            border_type="reflect",
-        )
-        mean_x, mean_y, mean_xx, mean_yy, mean_xy = moments.chunk(5)
-        variance_x, variance_y = mean_xx - mean_x**2, mean_yy - mean_y**2
-        covariance = mean_xy - mean_x * mean_y
-        contrast_structure = (2 * covariance + c2) / (variance_x + variance_y + c2)
+        luminance, contrast_structure = ssim_maps(image, target, window_size, sigma, data_range)
         if scale == scales - 1:
-            luminance = (2 * mean_x * mean_y + c1) / (mean_x**2 + mean_y**2 + c1)
             factor = per_sample_mean(luminance * contrast_structure)
         else:
             factor = per_sample_mean(contrast_structure)
@@ -198,8 +245,9 @@ def focus_measure(image: Tensor, window: int = 7) -> Tensor:
     Defocus blur removes fine detail first, so of two shots of the same scene the one in focus at a
     pixel has the larger Laplacian energy around it (channels are averaged first).
     """
-    laplacian = kornia.filters.laplacian(image.mean(dim=1, keepdim=True), 3, border_type="reflect", normalized=False)
-    return kornia.filters.box_blur(laplacian.square(), (window, window), border_type="reflect")
+    grey = image.mean(dim=1, keepdim=True)
+    laplacian = 9 * (box_mean(grey, 3) - grey)  # the 3x3 kernel of ones with -8 at its centre, border reflected
+    return box_mean(laplacian.square(), window)
 
 
 def focus_weights(sources: Sequence[Tensor], window: int = 7) -> Tensor:
@@ -212,8 +260,9 @@ def focus_weights(sources: Sequence[Tensor], window: int = 7) -> Tensor:
     per-pixel choice of the sharper source, i.e. an all-in-focus composite.
     """
     measures = torch.cat([focus_measure(source, window) for source in sources], dim=1)  # (B, S, H, W)
-    sharpest = F.one_hot(measures.argmax(dim=1), len(sources)).permute(0, 3, 1, 2).to(measures.dtype)
-    votes = kornia.filters.box_blur(sharpest, (window, window), border_type="reflect")
+    choices = torch.arange(len(sources), device=measures.device)[:, None, None]
+    sharpest = (measures.argmax(dim=1, keepdim=True) == choices).to(measures.dtype)  # one-hot over S
+    votes = box_mean(sharpest, window)
     winners = (votes == votes.amax(dim=1, keepdim=True)).to(measures.dtype)
     return winners / winners.sum(dim=1, keepdim=True)
 
@@ -324,3 +373,48 @@ class BackboneEnergy(nn.Module):
             features = stage(features)
             energy = energy + per_sample_mean(sobel_magnitude(features) ** 2)
         return energy / len(stages)
+
+
+def text_guided_terms(
+    fused: Tensor, a: Tensor, b: Tensor, gt: Tensor, intensity: Tensor, energy: Tensor
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """UP-Fusion's and CMI-Fusion's per-sample terms, for every sample: (fusion terms, fidelity terms).
+
+    Fusion terms, for pairs without a target: ``intensity`` (computed by the caller: the two papers
+    differ in its target), the Sobel gradient towards the larger of the sources' gradients, and SSIM
+    to each source weighted by ``energy`` (B, 2). Fidelity terms, for pairs with a target ``gt``:
+    L1, SSIM and Sobel gradient to it. Each term is cheap next to the network, so computing all of
+    them for every sample costs little and keeps the step free of data-dependent indexing.
+    """
+    fusion = {
+        "intensity": intensity,
+        "gradient": gradient_loss(fused, [a, b]),
+        "ssim": energy[:, 0] * ssim_loss(fused, a) + energy[:, 1] * ssim_loss(fused, b),
+    }
+    fidelity = {
+        "fidelity_l1": per_sample_mean((fused - gt).abs()),
+        "fidelity_ssim": ssim_loss(fused, gt),
+        "fidelity_gradient": gradient_loss(fused, [gt]),
+    }
+    return fusion, fidelity
+
+
+def masked_total(
+    groups: Sequence[tuple[Tensor, Mapping[str, Tensor]]], weights: Mapping[str, float], task: Tensor
+) -> dict[str, Tensor]:
+    """The loss of per-sample terms that apply to some samples only, and their per-task means to log.
+
+    ``groups``: (mask (B,) of the samples the terms apply to, {name: per-sample values}). Returns
+    ``loss``, the batch mean of each sample's weighted sum of the terms that apply to it (a term
+    that does not apply gets no gradient), and ``<task>/<name>``: each term's mean over the samples
+    of each task it applies to.
+    """
+    total = torch.zeros_like(task, dtype=torch.float32)
+    logged: dict[str, Tensor] = {}
+    for applies, terms in groups:
+        for name, values in terms.items():
+            total = total + torch.where(applies, weights[name] * values, 0.0)
+            for index in task[applies].unique().tolist():
+                logged[f"{TASKS[index]}/{name}"] = values[applies & (task == index)].mean()
+    logged["loss"] = total.mean()
+    return logged

@@ -98,7 +98,7 @@ def test_reconstruction_targets_the_second_source_or_the_clean_image() -> None:
 def test_multi_exposure_samples_use_per_pixel_exposure_weights() -> None:
     module = tiny_module()
     batch = mixed_batch(["ivif", "meif"], [False, False])
-    weights = module._source_weights(batch["a"], batch["b"], batch["task"])
+    weights = module._source_weights(batch["a"], batch["b"], batch["task"], batch["task"].tolist())
     assert weights.shape == (2, 2, 32, 32)
     assert torch.allclose(weights[0], weights[0, :, :1, :1].expand(2, 32, 32))  # ivif: one weight per source
     assert weights[1].std(dim=(1, 2)).min() > 0  # meif: varies across the image
@@ -233,7 +233,7 @@ def test_multi_focus_pairs_without_a_target_are_weighted_by_focus() -> None:
     blurred = torch.nn.functional.avg_pool2d(sharp[None], 5, stride=1, padding=2, count_include_pad=False)[0]
     batch["a"][0, :, :, :16], batch["b"][0, :, :, :16] = sharp[:, :, :16], blurred[:, :, :16]  # a in focus left
     batch["a"][0, :, :, 16:], batch["b"][0, :, :, 16:] = blurred[:, :, 16:], sharp[:, :, 16:]  # b in focus right
-    weights = module._source_weights(batch["a"], batch["b"], batch["task"])
+    weights = module._source_weights(batch["a"], batch["b"], batch["task"], batch["task"].tolist())
     assert weights[0, 0, :, 4:12].min() == 1 and weights[0, 1, :, 20:28].min() == 1
     assert torch.allclose(weights[1], weights[1, :, :1, :1].expand(2, 32, 32))  # ivif: one weight per source
 

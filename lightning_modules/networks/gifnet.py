@@ -32,13 +32,14 @@ makes inference cheaper without changing what is computed):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.networks.layers import conv3x3, in_row_strips, receptive_radius
+from lightning_modules.networks.layers import conv3x3, in_row_strips, receptive_radius, true_indices
 
 IVIF_BRANCH = 0
 """Index of the infrared-visible branch (the ``branch`` argument of :meth:`GIFNet.fuse_features`)."""
@@ -579,23 +580,34 @@ class GIFNet(nn.Module):
         decoder = self.reconstruction_decoder
         return torch.sigmoid(in_row_strips(decoder, [features], receptive_radius(decoder), self.inference_chunk_pixels))
 
-    def fuse_features(self, features: Tensor, branch: Tensor | int = MFIF_BRANCH) -> Tensor:
+    def fuse_features(
+        self, features: Tensor, branch: Tensor | int = MFIF_BRANCH, branch_sizes: Sequence[int] | None = None
+    ) -> Tensor:
         """Shared features -> fused image (B, 1, H, W) in [0, 1], each sample through its ``branch``.
 
         Args:
             features: Output of :meth:`encode`.
             branch: The primary branch per sample ((B,) int tensor of :data:`IVIF_BRANCH` /
                 :data:`MFIF_BRANCH`), or one index for the whole batch.
+            branch_sizes: With a per-sample ``branch``, how many samples take each branch (in
+                :data:`BRANCHES` order) when the caller knows it on the host (the training step does,
+                from the batch's metadata); otherwise it is read from ``branch``, which on a GPU makes
+                the host wait for the device.
         """
-        groups = [branch] if isinstance(branch, int) else branch.unique().tolist()
-        if len(groups) == 1:
-            branch_features = self.branches(features, groups[0])
+        if isinstance(branch, int):
+            branch_features = self.branches(features, branch)
         else:
-            branch_features = torch.empty_like(features)
-            for index in groups:
-                # samples are grouped by primary branch: one pass per group, no per-sample loop
-                members = (branch == index).nonzero().squeeze(1)
-                branch_features = branch_features.index_copy(0, members, self.branches(features[members], index))
+            if branch_sizes is None:
+                branch_sizes = torch.bincount(branch, minlength=len(BRANCHES)).tolist()
+            groups = [index for index, size in enumerate(branch_sizes) if size]
+            if len(groups) == 1:
+                branch_features = self.branches(features, groups[0])
+            else:
+                branch_features = torch.empty_like(features)
+                for index in groups:
+                    # samples are grouped by primary branch: one pass per group, no per-sample loop
+                    members = true_indices(branch == index, branch_sizes[index])
+                    branch_features = branch_features.index_copy(0, members, self.branches(features[members], index))
         decoder = self.fusion_decoder
         return in_row_strips(
             decoder, [features, branch_features], receptive_radius(decoder), self.inference_chunk_pixels

@@ -67,3 +67,12 @@ def in_row_strips(function: Callable[..., Tensor], inputs: Sequence[Tensor], hal
         piece = function(*(tensor[:, :, first:last] for tensor in inputs))
         pieces.append(piece[:, :, top - first : bottom - first])
     return torch.cat(pieces, dim=2)
+
+
+def true_indices(mask: Tensor, count: int) -> Tensor:
+    """Indices of the ``count`` true entries of a 1-D ``mask``, in order, where ``count`` is known on the host.
+
+    ``mask.nonzero()`` would have to ask the device how many there are (on a GPU, the host waits for every
+    queued kernel); with the count given, the output's size is known in advance.
+    """
+    return mask.nonzero_static(size=count).squeeze(1)
