@@ -2,16 +2,13 @@
 
 The batches after a resume must be those the uninterrupted run trains on at the same steps: same
 sample keys, same pixels (crops and flips), same order, with one worker or several, resampled or
-one pass, and through a real ``python -m recipes.gifnet fit`` stopped mid-epoch and resumed with
-``--ckpt_path last``.
+one pass, and through ``recipes.gifnet``'s main (what ``python -m recipes.gifnet fit`` runs) stopped
+mid-epoch by ``max_steps`` and resumed with ``--ckpt_path last``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -107,24 +104,19 @@ def test_a_resume_with_a_changed_stream_warns_that_the_epoch_will_differ(
 
 
 def _fit(runs_dir: Path, record: Path, *args: str) -> None:
+    """``python -m recipes.gifnet fit`` with the tiny config (in this process: the same main, no second start-up)."""
+    from recipes.gifnet import main
+
     probe = record.with_suffix(".yaml")
     probe.write_text(
         "trainer:\n  callbacks:\n    - class_path: batch_recorder.RecordTrainingBatches\n"
         f"      init_args: {{path: '{record}'}}\n"
     )
-    environment = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-    }
-    command = [
-        sys.executable, "-m", "recipes.gifnet", "fit", "--config", TINY, "--config", str(probe),
-        "--runs_dir", str(runs_dir), "--run_name", "tiny", "--data.batches_per_epoch", "4",
-        "--data.num_workers", "2", "--trainer.limit_val_batches", "0", "--trainer.logger", "false", *args,
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    main([
+        "fit", "--config", TINY, "--config", str(probe), "--runs_dir", str(runs_dir), "--run_name", "tiny",
+        "--data.batches_per_epoch", "4", "--data.num_workers", "2", "--trainer.limit_val_batches", "0",
+        "--trainer.logger", "false", *args,
+    ])  # fmt: skip
 
 
 def test_fit_resumed_mid_epoch_trains_on_the_uninterrupted_runs_batches(tmp_path: Path) -> None:
