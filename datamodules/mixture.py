@@ -34,7 +34,9 @@ Each rank skips its own ``k`` batches. The loader takes batch ``i`` of a pass fr
 ``i mod workers``; after ``k`` batches, worker ``w`` therefore plays the part of worker
 ``(w + k) mod workers``, whose first batches are gone. Skipping is cheap: a worker still reads its
 shards and draws every random number the skipped samples would have drawn (source choices, shuffle
-buffer, crop windows from the PNG headers, flips), but decodes no pixel. A sample whose header reads
+buffer, crop windows from the PNG headers, flips), but decodes no pixel of a PNG member (a member in
+another format is decoded for its size); skipped samples count as read in :attr:`FusionDataModule.stream_stats`
+(bench/RESULTS.md has the cost: a fifth to a third of reading them). A sample whose header reads
 but whose pixels do not decode counts as good while skipping (the interrupted run skipped it), so
 each such sample among the first ``k`` batches shifts the resumed epoch by one sample.
 
