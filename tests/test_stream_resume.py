@@ -103,8 +103,11 @@ def test_a_resume_with_a_changed_stream_warns_that_the_epoch_will_differ(
 # Through the recipe: fit stopped mid-epoch by max_steps, resumed with --ckpt_path last
 
 
-def _fit(runs_dir: Path, record: Path, *args: str) -> None:
-    """``python -m recipes.gifnet fit`` with the tiny config (in this process: the same main, no second start-up)."""
+def _fit(runs_dir: Path, record: Path, *args: str) -> list[dict[str, Any]]:
+    """``python -m recipes.gifnet fit`` with the tiny config (in this process: the same main, no second start-up).
+
+    Returns what it trained on, batch by batch (:mod:`batch_recorder`).
+    """
     from recipes.gifnet import main
 
     probe = record.with_suffix(".yaml")
@@ -114,25 +117,32 @@ def _fit(runs_dir: Path, record: Path, *args: str) -> None:
     )
     main([
         "fit", "--config", TINY, "--config", str(probe), "--runs_dir", str(runs_dir), "--run_name", "tiny",
-        "--data.batches_per_epoch", "4", "--data.num_workers", "2", "--trainer.limit_val_batches", "0",
-        "--trainer.logger", "false", *args,
+        "--data.num_workers", "2", "--trainer.limit_val_batches", "0", "--trainer.logger", "false", *args,
     ])  # fmt: skip
+    return read_records(record)
 
 
-def test_fit_resumed_mid_epoch_trains_on_the_uninterrupted_runs_batches(tmp_path: Path) -> None:
-    # 4 batches an epoch; the interrupted run stops after step 5 (epoch 1, one batch in) and resumes to 8
-    _fit(tmp_path / "whole", tmp_path / "whole.jsonl", "--trainer.max_steps", "8")
-    _fit(tmp_path / "parts", tmp_path / "first.jsonl", "--trainer.max_steps", "5")
-    _fit(tmp_path / "parts", tmp_path / "resumed.jsonl", "--trainer.max_steps", "8", "--ckpt_path", "last")
-
-    whole = read_records(tmp_path / "whole.jsonl")
-    first = read_records(tmp_path / "first.jsonl")
-    resumed = read_records(tmp_path / "resumed.jsonl")
-    assert [record["step"] for record in whole] == list(range(8))
-    assert first == whole[:5]
-    assert [record["step"] for record in resumed] == [5, 6, 7]
-    # the same samples, pixels, epoch and batch index at every step: what LURE's per-step draws rely on
-    assert resumed == whole[5:]
+@pytest.mark.parametrize(
+    "accumulate, batches_per_epoch, stop, end",
+    [
+        (1, 4, 5, 8),  # stopped after step 5: epoch 1, one batch in (the second worker's batch comes next)
+        (2, 6, 4, 6),  # two batches a step: stopped after step 4, epoch 1, two batches in
+    ],
+)
+def test_fit_resumed_mid_epoch_trains_on_the_uninterrupted_runs_batches(
+    tmp_path: Path, accumulate: int, batches_per_epoch: int, stop: int, end: int
+) -> None:
+    options = ["--trainer.accumulate_grad_batches", str(accumulate), "--data.batches_per_epoch", str(batches_per_epoch)]
+    whole = _fit(tmp_path / "whole", tmp_path / "whole.jsonl", *options, "--trainer.max_steps", str(end))
+    first = _fit(tmp_path / "parts", tmp_path / "first.jsonl", *options, "--trainer.max_steps", str(stop))
+    resumed = _fit(
+        tmp_path / "parts", tmp_path / "resumed.jsonl", *options, "--trainer.max_steps", str(end), "--ckpt_path", "last"
+    )
+    assert [record["step"] for record in whole] == [step for step in range(end) for _ in range(accumulate)]
+    assert first == whole[: stop * accumulate]
+    assert resumed[0]["epoch"] == 1 and resumed[0]["batch_idx"] == stop * accumulate - batches_per_epoch
+    # the same samples and pixels at every step and micro-batch (batch index): what LURE's draws are seeded with
+    assert resumed == whole[stop * accumulate :]
 
 
 def test_a_checkpoint_saved_inside_a_step_resumes_at_that_steps_batch(two_tasks: Path, tmp_path: Path) -> None:
