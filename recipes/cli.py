@@ -10,7 +10,8 @@ What a recipe gets from :class:`FusionCLI`, on top of LightningCLI's one-to-one 
   need ``--ckpt_path`` (or ``--untrained true``).
 - For ``fit``, a W&B logger, offline by default (``WANDB_MODE=online`` turns syncing on), writing
   under the run directory, with a run id derived from the project and the run name so every
-  restart appends to one W&B run. ``validate`` / ``test`` / ``predict`` log nowhere by default;
+  restart appends to one W&B run; a resumed fit does not log again the steps that run already holds
+  (:mod:`recipes.wandb_history`). ``validate`` / ``test`` / ``predict`` log nowhere by default;
   with ``--trainer.logger true`` each gets a W&B run of its own (named ``<run_name>-<subcommand>``).
 - ``--output_dir`` for ``predict``: fused images are written there as PNG, same stem and bit depth;
   predictions are not also kept in memory (``return_predictions`` is off unless set).
@@ -34,6 +35,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from datamodules.mixture import FusionDataModule
 from lightning_modules.inference.writer import FusedImageWriter
 from recipes.run_identity import RunDirectoryError, evaluation_checkpoint, fit_checkpoint, wandb_run_id
+from recipes.wandb_history import StepOnceWandbLogger
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -191,13 +193,15 @@ class FusionCLI(LightningCLI):
         offline = os.environ.get("WANDB_MODE", "offline") != "online"
         training = self.subcommand in (None, "fit")
         if training and trainer_config.logger in (None, True):
-            kwargs["logger"] = WandbLogger(
+            kwargs["logger"] = StepOnceWandbLogger(
                 name=config.run_name,
                 project=config.wandb_project,
                 save_dir=str(run_dir),
                 id=wandb_run_id(config.wandb_project, config.run_name),
                 offline=offline,
                 resume="allow",
+                # a resume trains again the steps after its checkpoint: log each step once
+                skip_logged_steps=config.ckpt_path is not None,
             )
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         elif not training and trainer_config.logger is None:

@@ -16,9 +16,9 @@ from datamodules.mixture import FusionDataModule
 from lightning_modules.gifnet import GIFNetModule
 from recipes.cli import FusionCLI
 from recipes.run_identity import wandb_run_id
+from recipes.wandb_history import history
 
 from conftest import PROJECT_ROOT
-from wandb_records import history
 
 TINY = str(PROJECT_ROOT / "tests" / "configs" / "gifnet-tiny.yaml")
 
