@@ -8,6 +8,8 @@
 #   CONFIG        recipe config (default: recipes/configs/$RECIPE.yaml)
 #   RUN_NAME      run directory name (default: <job name>-<job id>, which a requeued job keeps,
 #                 so it resumes in the same run directory and the same W&B run)
+#   UNIFUSE_RUNS_DIR  parent of run directories (default: runs); the run directory is
+#                 $UNIFUSE_RUNS_DIR/$RUN_NAME (the scripts pass both to the recipe)
 #   MASTER_ADDR   rendezvous address (default: the SLURM NodeAddr of the job's first node)
 #   PYTHON        interpreter (default: python of the project's .venv when there is one)
 
@@ -51,6 +53,8 @@ if [[ ! -f $CONFIG ]]; then
     exit 1
 fi
 RUN_NAME=${RUN_NAME:-$SLURM_JOB_NAME-$SLURM_JOB_ID}
+RUNS_DIR=${UNIFUSE_RUNS_DIR:-runs}
+RUN_DIR=$RUNS_DIR/$RUN_NAME
 
 # Lightning takes devices per node from --ntasks-per-node and refuses a bare --ntasks.
 if [[ -z ${SLURM_NTASKS_PER_NODE:-} ]]; then
@@ -69,3 +73,32 @@ export MASTER_ADDR
 
 echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST: run $RUN_NAME," \
      "recipe $RECIPE, config $CONFIG, $SLURM_JOB_NUM_NODES node(s) x ${SLURM_NTASKS_PER_NODE} task(s), master $MASTER_ADDR"
+
+# The modification time of the run's newest checkpoint file (empty: none yet). A DeepSpeed
+# checkpoint is a directory named *.ckpt; its files count.
+newest_checkpoint_time() {
+    # (no run directory yet is no checkpoint, not an error that would end the script under set -e)
+    { find "$RUN_DIR" \( -name '*.ckpt' -o -path '*.ckpt/*' \) -type f -printf '%T@\n' 2>/dev/null || true; } |
+        sort -n | tail -n 1
+}
+
+# Called with srun's exit status when the training step failed (a task died: killed, out of memory,
+# a crash; --kill-on-bad-exit has then ended the other tasks). SLURM requeues a job by itself only
+# when a node fails, so the script does: if the run saved a checkpoint since this start
+# ($checkpoint_time_at_start), the job requeues itself and resumes from the newest save; otherwise
+# it fails with srun's status, so an error that recurs before the first save cannot loop forever.
+requeue_after_failed_step() {
+    local status=$1 job_id=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
+    job_id=${job_id:-$SLURM_JOB_ID}
+    if [[ $(newest_checkpoint_time) == "${checkpoint_time_at_start:-}" ]]; then
+        echo "job $job_id: the training step failed (status $status) with no new checkpoint in $RUN_DIR" \
+             "since this start: not requeued" >&2
+        exit "$status"
+    fi
+    echo "job $job_id: the training step failed (status $status); requeueing to resume from the newest checkpoint in $RUN_DIR" >&2
+    if ! scontrol requeue "$job_id"; then
+        echo "job $job_id: scontrol requeue failed; resume with the same RUN_NAME and --ckpt_path last" >&2
+        exit "$status"
+    fi
+    exit 0
+}
