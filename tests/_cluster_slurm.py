@@ -62,6 +62,59 @@ def free_port_block(count: int, first: int = 30000, last: int = 32000) -> int:
     raise RuntimeError(f"no {count} consecutive free ports in {first}..{last}")
 
 
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def job_processes(job_id: int) -> dict[int, tuple[list[bytes], dict[bytes, bytes], str]]:
+    """The processes of a job on this machine (every node of the one-host cluster is here).
+
+    pid -> (command line, environment, the parent's name); read from /proc, which needs root for
+    other users' processes.
+    """
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environment = dict(
+                item.split(b"=", 1) for item in (proc / "environ").read_bytes().split(b"\0") if b"=" in item
+            )
+            if environment.get(b"SLURM_JOB_ID") != str(job_id).encode():
+                continue
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            found[int(proc.name)] = (command, environment, Path(f"/proc/{parent}/comm").read_text().strip())
+        except (OSError, ValueError, IndexError):  # ended while being read
+            continue
+    return found
+
+
+def task_pid(job_id: int, rank: int) -> int | None:
+    """The pid of the job's task of global rank ``rank`` (started by slurmstepd; not a process it forked)."""
+    found = [
+        pid
+        for pid, (_, environment, parent) in job_processes(job_id).items()
+        if parent == "slurmstepd" and environment.get(b"SLURM_PROCID") == str(rank).encode()
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step saved in a checkpoint file, or None while it is missing or half written."""
+    import torch  # here: the cluster commands need no torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    except Exception:  # a file the job is writing fails to load in many ways
+        return None
+
+
 def tail(path: Path, lines: int = 60) -> str:
     """The last ``lines`` lines of a text file, or a note that it does not exist."""
     if not path.is_file():

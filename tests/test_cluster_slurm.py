@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -19,7 +20,16 @@ from pathlib import Path
 import pytest
 import torch
 from _cluster_probe import read_events, weights_digest
-from _cluster_slurm import PROJECT_ROOT, TERMINAL_STATES, LocalSlurmCluster, slurm_installed
+from _cluster_slurm import (
+    PROJECT_ROOT,
+    TERMINAL_STATES,
+    LocalSlurmCluster,
+    alive,
+    checkpoint_step,
+    job_processes,
+    slurm_installed,
+    task_pid,
+)
 from _deepspeed_roundtrip import (
     assert_converts_and_predict_loads,
     assert_shards_of_both_ranks,
@@ -53,14 +63,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmClus
         local.stop()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_a_job_runs_one_task_on_each_node(cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     script = tmp_path / "where.sbatch"
     log = tmp_path / "where.log"
@@ -80,12 +82,12 @@ def test_stop_ends_exactly_the_daemons_of_its_cluster(cluster: LocalSlurmCluster
     second.start()
     second_pids = second.daemon_pids()
     assert sorted(second_pids) == ["munged", "slurmctld", "slurmd-node1", "slurmd-node2"]
-    assert all(_alive(pid) for pid in second_pids.values())
+    assert all(alive(pid) for pid in second_pids.values())
 
     second.stop()
 
-    assert not any(_alive(pid) for pid in second_pids.values())
-    assert all(_alive(pid) for pid in cluster.daemon_pids().values()), "stopping one cluster ended another's daemons"
+    assert not any(alive(pid) for pid in second_pids.values())
+    assert all(alive(pid) for pid in cluster.daemon_pids().values()), "stopping one cluster ended another's daemons"
     assert "idle" in cluster.command("sinfo", "--noheader", "--format=%T")
 
 
@@ -109,6 +111,7 @@ DEEPSPEED_SCRIPT = PROJECT_ROOT / "cluster" / "slurm" / "deepspeed.sbatch"
 CPU_ALLOCATION = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1"]
 BATCHES_PER_EPOCH = 2
 JOB_TIMEOUT_S = 300
+REQUEUE_CREDENTIAL_WAIT_S = 2.0  # a job credential must be younger than its revocation, in whole seconds
 
 
 @pytest.fixture(scope="module")
@@ -269,25 +272,77 @@ def test_sigusr1_saves_requeues_and_the_job_resumes_where_it_stopped(
     assert len(wandb_runs) == 2, f"both runs of the job should log to W&B run {run_id}: {wandb_runs}"
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """The global step saved in a checkpoint file, or None while it is missing or half written."""
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
-    except Exception:  # a file the job is writing fails to load in many ways
-        return None
-
-
 def requeue_and_start_now(cluster: LocalSlurmCluster, job: TrainingJob, restarts: int) -> None:
     """Wait for the job's ``restarts``-th requeue and let it start at once (SLURM holds it ~2 min)."""
-    fields = cluster.wait_for(
+    cluster.wait_for(
         job.job_id,
         lambda f: int(f.get("Restarts", 0)) >= restarts and f["JobState"] not in ("COMPLETING", "REQUEUED"),
         120,
         f"requeue {restarts}",
         job.log,
     )
-    if fields["JobState"] == "PENDING":
+    # SLURM's hold hides two races that starting at once exposes: the first run's processes must be
+    # gone, and slurmd refuses a job credential issued in the same second as the requeue killed the
+    # job ("Job credential revoked", "already killed, do not launch").
+    deadline = time.monotonic() + 60
+    while job_processes(job.job_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(REQUEUE_CREDENTIAL_WAIT_S)
+    if cluster.job(job.job_id)["JobState"] == "PENDING":
         cluster.command("scontrol", "update", f"JobId={job.job_id}", "StartTime=now")
+
+
+def kill_task(cluster: LocalSlurmCluster, job: TrainingJob, rank: int, after_step: int) -> None:
+    """SIGKILL the training process of ``rank`` once it finished step ``after_step`` (a process failure)."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not any(batch["global_step"] >= after_step for batch in job.events(rank, "batch", restart=0)):
+        assert time.monotonic() < deadline, f"rank {rank} did not reach step {after_step}\n{cluster.report(job.log)}"
+        time.sleep(0.2)
+    pid = task_pid(job.job_id, rank)
+    assert pid is not None, f"no single training process of rank {rank} in job {job.job_id}"
+    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_task_killed_without_a_signal_requeues_the_job_which_resumes_from_its_newest_save(
+    cluster: LocalSlurmCluster, demo_shards: Path, tmp_path: Path
+) -> None:
+    max_steps = 3 * BATCHES_PER_EPOCH
+    job = submit_training(
+        cluster, DDP_SCRIPT, "task-killed", tmp_path, max_steps, ["--trainer.logger=false"], step_delay_s=1.0
+    )
+    # past the save at the end of the first epoch: the batch script finds a checkpoint newer than its start
+    kill_task(cluster, job, rank=1, after_step=BATCHES_PER_EPOCH + 1)
+    requeue_and_start_now(cluster, job, restarts=1)
+    fields = cluster.wait_until_done(job.job_id, JOB_TIMEOUT_S, job.log)
+
+    assert fields["Restarts"] == "1"
+    assert "requeueing to resume from the newest checkpoint" in job.log.read_text()
+    for rank in (0, 1):
+        starts = [(start["restart"], start["global_step"]) for start in job.events(rank, "start")]
+        assert starts == [(0, 0), (1, BATCHES_PER_EPOCH)], f"rank {rank} did not resume from the newest save: {starts}"
+        assert job.events(rank, "end")[-1]["global_step"] == max_steps
+
+
+@pytest.mark.slow
+def test_a_task_killed_before_any_save_fails_the_job_instead_of_requeueing_it(
+    cluster: LocalSlurmCluster, demo_shards: Path, tmp_path: Path
+) -> None:
+    # a failure that would recur before the first save must not requeue the job forever
+    job = submit_training(
+        cluster,
+        DDP_SCRIPT,
+        "killed-early",
+        tmp_path,
+        3 * BATCHES_PER_EPOCH,
+        ["--trainer.logger=false"],
+        step_delay_s=1.0,
+    )
+    kill_task(cluster, job, rank=1, after_step=1)
+    fields = cluster.wait_for(job.job_id, lambda f: f.get("JobState") in TERMINAL_STATES, 120, "the end", job.log)
+
+    assert (fields["JobState"], fields["Restarts"]) == ("FAILED", "0"), cluster.report(job.log)
+    assert "not requeued" in job.log.read_text()
 
 
 @pytest.mark.slow
