@@ -21,7 +21,6 @@ A restoration sample is fused with itself (``b = a``) and trained toward its cle
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -33,14 +32,19 @@ from lightning_modules.losses import (
     GradientEnergy,
     energy_weights,
     exposure_weights,
-    gradient_loss,
     intensity_loss,
-    per_sample_mean,
-    ssim_loss,
+    masked_total,
+    text_guided_terms,
 )
 from lightning_modules.networks.cmifusion import CMIFusionNet
 from lightning_modules.prompts import PromptTable
-from lightning_modules.text import PromptCacheCheckpoints, PromptEmbeddings, PromptEncoder, TextEncoderConfig
+from lightning_modules.text import (
+    PromptCacheCheckpoints,
+    PromptEmbeddings,
+    PromptEncoder,
+    TextEncoderConfig,
+    save_tower_configs,
+)
 
 MEIF = TASK_IDS["meif"]
 
@@ -103,13 +107,9 @@ class CMIFusionModule(PromptCacheCheckpoints, FusionModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(text_encoder, dict):  # load_from_checkpoint passes the saved hyperparameters back as a dict
-            text_encoder = TextEncoderConfig(**text_encoder)
-        text_encoder = text_encoder or TextEncoderConfig()
         self.save_training_hyperparameters(ignore=("text_encoder",))
-        # a plain dict, so the checkpoint loads with torch.load(weights_only=True)
-        self.hparams["text_encoder"] = dataclasses.asdict(text_encoder)
-        self.text_encoder = PromptEncoder(text_encoder)
+        (text_tower,) = save_tower_configs(self.hparams, text_encoder=text_encoder)
+        self.text_encoder = PromptEncoder(text_tower)
         self.prompt_table = PromptTable.from_yaml(prompt_table)
         self.net = CMIFusionNet(
             channels,
@@ -181,23 +181,6 @@ class CMIFusionModule(PromptCacheCheckpoints, FusionModule):
         is_exposure = (task == MEIF)[:, None, None, None]
         exposure = exposure_weights([a, b], self.exposure_sigma)
         intensity_weights = torch.where(is_exposure, exposure, energy[:, :, None, None])
-        # every term for every sample (each is cheap), then each sample keeps the terms that apply to it
-        unsupervised = {
-            "intensity": intensity_loss(fused, [a, b], intensity_weights),
-            "gradient": gradient_loss(fused, [a, b]),
-            "ssim": energy[:, 0] * ssim_loss(fused, a) + energy[:, 1] * ssim_loss(fused, b),
-        }
-        supervised = {
-            "fidelity_l1": per_sample_mean((fused - gt).abs()),
-            "fidelity_ssim": ssim_loss(fused, gt),
-            "fidelity_gradient": gradient_loss(fused, [gt]),
-        }
-        total = fused.new_zeros(fused.shape[0])
-        logged: dict[str, Tensor] = {}
-        for applies, terms in ((~has_gt, unsupervised), (has_gt, supervised)):
-            for name, values in terms.items():
-                total = total + torch.where(applies, self.loss_weights[name] * values, 0.0)
-                for index in task[applies].unique().tolist():
-                    logged[f"{TASKS[index]}/{name}"] = values[applies & (task == index)].mean()
-        logged["loss"] = total.mean()
-        return logged
+        intensity = intensity_loss(fused, [a, b], intensity_weights)
+        fusion, fidelity = text_guided_terms(fused, a, b, gt, intensity, energy)
+        return masked_total([(~has_gt, fusion), (has_gt, fidelity)], self.loss_weights, task)

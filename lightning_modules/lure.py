@@ -62,7 +62,6 @@ uninterrupted run would have: the state is the step, which the checkpoint holds 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import random
 from collections.abc import Iterator
@@ -84,7 +83,7 @@ from lightning_modules.losses import (
 )
 from lightning_modules.networks.lure import LURENet, select_text
 from lightning_modules.prompts import PromptTable
-from lightning_modules.text import PromptCacheCheckpoints, PromptEncoder, TextEncoderConfig
+from lightning_modules.text import PromptCacheCheckpoints, PromptEncoder, TextEncoderConfig, save_tower_configs
 
 RESTORE = TASK_IDS["restore"]
 MEIF = TASK_IDS["meif"]
@@ -141,17 +140,13 @@ class LUREModule(PromptCacheCheckpoints, FusionModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(text_encoder, dict):  # load_from_checkpoint passes the saved hyperparameters back as a dict
-            text_encoder = TextEncoderConfig(**text_encoder)
-        text_encoder = text_encoder or TextEncoderConfig()
         if stage not in (None, 1, 2):
             raise ValueError(f"stage must be 1, 2 or None (switch after stage1_steps), got {stage!r}")
         if not 0.0 <= sample_prompt_rate <= 1.0:
             raise ValueError(f"sample_prompt_rate must be in [0, 1], got {sample_prompt_rate}")
         self.save_training_hyperparameters(ignore=("text_encoder",))
-        # a plain dict, so the checkpoint loads with torch.load(weights_only=True)
-        self.hparams["text_encoder"] = dataclasses.asdict(text_encoder)
-        self.text_encoder = PromptEncoder(text_encoder)
+        (text_tower,) = save_tower_configs(self.hparams, text_encoder=text_encoder)
+        self.text_encoder = PromptEncoder(text_tower)
         self.prompt_table = PromptTable.from_yaml(prompt_table)
         self.net = LURENet(channels, self.text_encoder.token_dim, self.text_encoder.pooled_dim, attention_heads)
         self.sample_prompt_rate = sample_prompt_rate
@@ -184,7 +179,8 @@ class LUREModule(PromptCacheCheckpoints, FusionModule):
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         # see "Randomness" in the module docstring
-        # the micro-batch within the optimizer step, not batch_idx: a resume restarts batch_idx at 0
+        # the micro-batch within the optimizer step, not batch_idx, which counts the epoch's batches
+        # (and so depends on where epochs begin, not only on the step)
         micro_batch = batch_idx % self.trainer.accumulate_grad_batches
         words = [self._draw_seed, self.global_rank, self.global_step, micro_batch]
         seed = int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0])

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,21 @@ class CLIPTowerConfig:
 
 TextEncoderConfig = CLIPTowerConfig
 """The configuration of the text tower that encodes prompts."""
+
+
+def save_tower_configs(
+    hparams: MutableMapping[str, Any], **towers: CLIPTowerConfig | dict | None
+) -> list[CLIPTowerConfig]:
+    """A module's CLIP tower arguments as configs, saved into its ``hparams`` as plain dicts.
+
+    ``load_from_checkpoint`` passes a saved tower back as a dict and ``None`` means the default
+    tower; the checkpoint holds plain dicts so that it loads with ``torch.load(weights_only=True)``.
+    Call it after ``save_hyperparameters`` with the towers' argument names ignored.
+    """
+    configs = [CLIPTowerConfig(**t) if isinstance(t, dict) else t or CLIPTowerConfig() for t in towers.values()]
+    for name, config in zip(towers, configs):
+        hparams[name] = dataclasses.asdict(config)
+    return configs
 
 
 @dataclasses.dataclass

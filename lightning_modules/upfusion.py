@@ -29,7 +29,6 @@ A restoration sample is fused with itself (``b = a``).
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from typing import Any
 
@@ -43,14 +42,13 @@ from lightning_modules.losses import (
     GradientEnergy,
     energy_weights,
     exposure_weights,
-    gradient_loss,
     intensity_loss,
-    per_sample_mean,
-    ssim_loss,
+    masked_total,
+    text_guided_terms,
 )
 from lightning_modules.networks.upfusion import UPFusionNet
 from lightning_modules.prompts import PromptTable
-from lightning_modules.text import CLIPTowerConfig, PromptCacheCheckpoints, PromptEncoder
+from lightning_modules.text import CLIPTowerConfig, PromptCacheCheckpoints, PromptEncoder, save_tower_configs
 
 MEIF = TASK_IDS["meif"]
 NO_DEGRADATION = [0.0] * len(DEGRADATIONS)
@@ -109,16 +107,12 @@ class UPFusionModule(PromptCacheCheckpoints, FusionModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        # load_from_checkpoint passes the saved hyperparameters back as dicts
-        towers = [
-            CLIPTowerConfig(**t) if isinstance(t, dict) else t or CLIPTowerConfig()
-            for t in (text_encoder, image_encoder)
-        ]
         self.save_training_hyperparameters(ignore=("text_encoder", "image_encoder"))
-        # plain dicts, so the checkpoint loads with torch.load(weights_only=True)
-        self.hparams["text_encoder"], self.hparams["image_encoder"] = (dataclasses.asdict(t) for t in towers)
-        self.text_encoder = PromptEncoder(towers[0])
-        self.image_encoder = ImageFeatureEncoder(towers[1])
+        text_tower, image_tower = save_tower_configs(
+            self.hparams, text_encoder=text_encoder, image_encoder=image_encoder
+        )
+        self.text_encoder = PromptEncoder(text_tower)
+        self.image_encoder = ImageFeatureEncoder(image_tower)
         self.prompt_table = PromptTable.from_yaml(prompt_table)
         self.net = UPFusionNet(
             self.text_encoder.pooled_dim,
@@ -207,33 +201,10 @@ class UPFusionModule(PromptCacheCheckpoints, FusionModule):
         self, fused: Tensor, a: Tensor, b: Tensor, gt: Tensor, task: Tensor, has_gt: Tensor
     ) -> dict[str, Tensor]:
         """Each sample's terms (see the module docstring), their weighted total ``loss`` and per-task means."""
-        terms: list[tuple[str, Tensor, Tensor]] = []  # name, per-sample values, their task ids
-        unsupervised = (~has_gt).nonzero().squeeze(1)
-        if unsupervised.numel():
-            f, sources, tasks = fused[unsupervised], [a[unsupervised], b[unsupervised]], task[unsupervised]
-            maximum = intensity_loss(f, sources)
-            well_exposed = intensity_loss(f, sources, exposure_weights(sources, self.exposure_sigma))
-            intensity = torch.where(tasks == MEIF, well_exposed, maximum)
-            energy = energy_weights(self.energy(sources[0]), self.energy(sources[1]))
-            ssim = energy[:, 0] * ssim_loss(f, sources[0]) + energy[:, 1] * ssim_loss(f, sources[1])
-            terms += [
-                ("intensity", intensity, tasks),
-                ("gradient", gradient_loss(f, sources), tasks),
-                ("ssim", ssim, tasks),
-            ]
-        supervised = has_gt.nonzero().squeeze(1)
-        if supervised.numel():
-            f, target, tasks = fused[supervised], gt[supervised], task[supervised]
-            terms += [
-                ("fidelity_l1", per_sample_mean((f - target).abs()), tasks),
-                ("fidelity_ssim", ssim_loss(f, target), tasks),
-                ("fidelity_gradient", gradient_loss(f, [target]), tasks),
-            ]
-        total = fused.new_zeros(())
-        logged: dict[str, Tensor] = {}
-        for name, values, tasks in terms:
-            total = total + self.loss_weights[name] * values.sum()
-            for index in tasks.unique().tolist():
-                logged[f"{TASKS[index]}/{name}"] = values[tasks == index].mean()
-        logged["loss"] = total / fused.shape[0]
-        return logged
+        sources = [a, b]
+        maximum = intensity_loss(fused, sources)
+        well_exposed = intensity_loss(fused, sources, exposure_weights(sources, self.exposure_sigma))
+        intensity = torch.where(task == MEIF, well_exposed, maximum)
+        energy = energy_weights(self.energy(a), self.energy(b))
+        fusion, fidelity = text_guided_terms(fused, a, b, gt, intensity, energy)
+        return masked_total([(~has_gt, fusion), (has_gt, fidelity)], self.loss_weights, task)
