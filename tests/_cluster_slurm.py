@@ -95,12 +95,18 @@ def job_processes(job_id: int) -> dict[int, tuple[list[bytes], dict[bytes, bytes
     return found
 
 
-def task_pid(job_id: int, rank: int) -> int | None:
-    """The pid of the job's task of global rank ``rank`` (started by slurmstepd; not a process it forked)."""
+def task_pid(job_id: int, rank: int, argument: str = "fit") -> int | None:
+    """The pid of the job's task of global rank ``rank`` whose command line holds ``argument``.
+
+    A task is a process slurmstepd started (not one it forked, like a data loader worker); the batch
+    script, which slurmstepd starts too and which has rank 0's SLURM_PROCID, lacks the argument.
+    """
     found = [
         pid
-        for pid, (_, environment, parent) in job_processes(job_id).items()
-        if parent == "slurmstepd" and environment.get(b"SLURM_PROCID") == str(rank).encode()
+        for pid, (command, environment, parent) in job_processes(job_id).items()
+        if parent == "slurmstepd"
+        and argument.encode() in command
+        and environment.get(b"SLURM_PROCID") == str(rank).encode()
     ]
     return found[0] if len(found) == 1 else None
 
