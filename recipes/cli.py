@@ -197,7 +197,7 @@ class FusionCLI(LightningCLI):
                 name=config.run_name,
                 project=config.wandb_project,
                 save_dir=str(run_dir),
-                id=wandb_run_id(config.wandb_project, config.run_name),
+                id=wandb_run_id(config.wandb_project, config.run_name, run_dir),
                 offline=offline,
                 resume="allow",
                 # a resume trains again the steps after its checkpoint: log each step once

@@ -5,7 +5,8 @@ in it, nor go back to an older save:
 
 - ``fit`` without ``--ckpt_path`` into a directory that holds checkpoints refuses, naming the ways
   on: ``--ckpt_path last`` (resume), a new ``--run_name``, or ``--overwrite true`` (which deletes
-  the old checkpoints first, so none of them can be resumed by mistake later).
+  the old checkpoints first, so none of them can be resumed by mistake later, and starts a new
+  W&B run: the run's generation, counted in the run directory, is part of the W&B run id).
 - A restarted SLURM job (``SLURM_RESTART_COUNT`` > 0: a requeue after preemption or a node
   failure) resumes by itself, from the *newest* save of the run: Lightning alone would take an
   ``hpc_ckpt_*.ckpt`` whenever one exists, even one older than ``last.ckpt``, and so go back in
@@ -26,6 +27,8 @@ import os
 import shutil
 from pathlib import Path
 
+from pytorch_lightning.utilities import rank_zero_only
+
 log = logging.getLogger(__name__)
 
 HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"
@@ -36,9 +39,24 @@ class RunDirectoryError(ValueError):
     """A command would mix two runs in one run directory, or run without trained weights."""
 
 
-def wandb_run_id(project: str, run_name: str) -> str:
-    """The W&B run id of a run: stable across restarts, distinct across projects sharing a run name."""
-    return hashlib.sha1(f"{project}/{run_name}".encode()).hexdigest()[:16]
+GENERATION_FILE = "generation"
+"""In the run directory: how often ``--overwrite`` started the run afresh (absent: never)."""
+
+
+def run_generation(run_dir: Path) -> int:
+    path = Path(run_dir) / GENERATION_FILE
+    return int(path.read_text()) if path.is_file() else 0
+
+
+def wandb_run_id(project: str, run_name: str, run_dir: Path | None = None) -> str:
+    """The W&B run id of a run: stable across restarts, distinct across projects sharing a run name.
+
+    With ``run_dir``, a run started afresh by ``--overwrite`` gets a new id (its generation is part of
+    it), so its steps, counted from 0 again, never land in the discarded run's W&B history.
+    """
+    generation = run_generation(run_dir) if run_dir is not None else 0
+    key = f"{project}/{run_name}" + (f"/{generation}" if generation else "")
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def slurm_restart_count() -> int:
@@ -98,6 +116,8 @@ def fit_checkpoint(ckpt_path: str | None, run_dir: Path, checkpoint_dir: Path, o
     if overwrite:
         log.warning("--overwrite: deleting the checkpoints of the earlier run in %s", run_dir)
         _delete(existing)
+        if rank_zero_only.rank == 0:  # one writer; the W&B run that counts is rank 0's
+            (Path(run_dir) / GENERATION_FILE).write_text(f"{run_generation(run_dir) + 1}\n")
         return None
     shown = ", ".join(str(path.relative_to(run_dir)) for path in existing[:4]) + (", ..." if len(existing) > 4 else "")
     raise RunDirectoryError(

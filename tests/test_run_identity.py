@@ -56,8 +56,17 @@ def test_overwrite_deletes_every_old_checkpoint_so_none_is_resumed_later(tmp_pat
         touch(run_dir / "checkpoints" / "last.ckpt", 1000),
         touch(run_dir / "checkpoints" / "epoch=0-step=2.ckpt", 1000),
     ]
+    first_id = wandb_run_id("unifuse", "run", run_dir)
     assert fit_checkpoint(None, run_dir, run_dir / "checkpoints", overwrite=True) is None
     assert not any(path.exists() for path in old)
+    # the new run logs to a W&B run of its own (its steps restart at 0), and keeps that id on resume
+    second_id = wandb_run_id("unifuse", "run", run_dir)
+    assert second_id != first_id
+    touch(run_dir / "checkpoints" / "last.ckpt", 2000)
+    assert fit_checkpoint("last", run_dir, run_dir / "checkpoints", overwrite=False) is not None
+    assert wandb_run_id("unifuse", "run", run_dir) == second_id
+    fit_checkpoint(None, run_dir, run_dir / "checkpoints", overwrite=True)
+    assert wandb_run_id("unifuse", "run", run_dir) not in (first_id, second_id)
 
 
 def test_a_restarted_slurm_job_resumes_from_the_newest_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,8 +95,9 @@ def test_ckpt_path_last_takes_a_newer_hpc_checkpoint_too(tmp_path: Path) -> None
     assert newest_resume_checkpoint(run_dir, checkpoints) == checkpoints / "last.ckpt"
 
 
-def test_the_wandb_run_id_depends_on_the_project_too() -> None:
+def test_the_wandb_run_id_depends_on_the_project_too(tmp_path: Path) -> None:
     assert wandb_run_id("unifuse", "demo") == wandb_run_id("unifuse", "demo")
+    assert wandb_run_id("unifuse", "demo", tmp_path) == wandb_run_id("unifuse", "demo"), "a never overwritten run"
     assert wandb_run_id("unifuse", "demo") != wandb_run_id("other-project", "demo")
 
 
