@@ -221,6 +221,8 @@ def our_step(config: str, batches: list[dict[str, Any]], device: torch.device, a
     clip = config_section(config, "trainer").get("gradient_clip_val")
     trainable = [parameter for parameter in module.parameters() if parameter.requires_grad]
     losses = module.compiled("training_losses")
+    if args.compile and args.compile_backend != "inductor":  # a quicker backend only checks the compiled path
+        losses = torch.compile(module.training_losses, backend=args.compile_backend)
     # as Lightning does: the host's copy of the metadata first (module.on_before_batch_transfer), then the move
     batches = [move_data_to_device(module.on_before_batch_transfer(batch, 0), device) for batch in batches]
     position = iter(range(sys.maxsize))
@@ -348,7 +350,7 @@ def run_child(cell: list[str], args: argparse.Namespace) -> dict[str, Any] | Non
     if args.threads:
         forwarded += ["--threads", str(args.threads)]
     if args.compile:
-        forwarded.append("--compile")
+        forwarded += ["--compile", "--compile-backend", args.compile_backend]
     command = [sys.executable, __file__, *forwarded, "--cell", *cell]
     result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT)
     if result.returncode != 0:
@@ -365,6 +367,46 @@ def data_rate(config: str, crop: int, args: argparse.Namespace) -> float:
         rate, _, _ = measure_loader(loader, args.data_warmup)
         rates.append(rate)
     return statistics.median(rates)
+
+
+def print_peer_ratios(peers: list[dict]) -> None:
+    """Ours against the public iteration per crop: medians over the repeats of each pair's ratio."""
+    print("\nsame 4 samples (2 infrared-visible + 2 multi-focus) as the public GIFNet's iteration, same device")
+    print(
+        f"{'config':<14} {'crop':>4} {'samples/s':>9} {'step s':>7} {'CPU s':>6} {'public samples/s':>16} "
+        f"{'ratio':>6} {'CPU-time ratio':>14} {'repeats':>7}  per-repeat ratios"
+    )
+    public = {(row["crop"], row["repeat"]): row for row in peers if row["config"] == "public GIFNet"}
+    for config in dict.fromkeys(row["config"] for row in peers if row["config"] != "public GIFNet"):
+        for crop in sorted({row["crop"] for row in peers}):
+            pairs = [
+                (row, public[crop, row["repeat"]])
+                for row in peers
+                if row["config"] == config and row["crop"] == crop and (crop, row["repeat"]) in public
+            ]
+            ours_rows = [row for row in peers if row["config"] == config and row["crop"] == crop]
+            if not ours_rows:
+                continue
+            step = statistics.median(row["step_s"] for row in ours_rows)
+            head = f"{config:<14} {crop:>4} {ours_rows[0]['samples'] / step:>9.2f} {step:>7.3f}"
+            cpu = statistics.median(statistics.median(row["window_cpu_s"]) for row in ours_rows)
+            if not pairs:
+                print(f"{head} {cpu:>6.2f} {'skipped':>16}")
+                continue
+            ratios = [row["samples_per_s"] / reference["samples_per_s"] for row, reference in pairs]
+            cpu_ratios = [
+                statistics.median(reference["window_cpu_s"]) / statistics.median(row["window_cpu_s"])
+                for row, reference in pairs
+            ]
+            public_rate = statistics.median(reference["samples_per_s"] for _, reference in pairs)
+            print(
+                f"{head} {cpu:>6.2f} {public_rate:>16.3f} "
+                f"{statistics.median(ratios):>5.2f}x {statistics.median(cpu_ratios):>13.2f}x {len(pairs):>7}  "
+                + ", ".join(f"{ratio:.2f}" for ratio in ratios)
+            )
+    for crop in sorted({crop for crop, _ in public}):
+        steps = [row["step_s"] for (row_crop, _), row in public.items() if row_crop == crop]
+        print(f"public GIFNet at {crop}: {statistics.median(steps):.3f} s per iteration (two optimizer steps)")
 
 
 def print_tables(rows: list[dict], peers: list[dict], args: argparse.Namespace) -> None:
@@ -388,26 +430,7 @@ def print_tables(rows: list[dict], peers: list[dict], args: argparse.Namespace) 
             f"{syncs:>12} {data_text:>22} {bound:>7}"
         )
     if peers:
-        print("\nsame 4 samples (2 infrared-visible + 2 multi-focus) as the public GIFNet's iteration, same device")
-        print(
-            f"{'config':<14} {'crop':>4} {'samples/s':>9} {'step s':>7} {'CPU s':>6} {'public samples/s':>16} "
-            f"{'ratio':>6} {'CPU-time ratio':>14}"
-        )
-        public = {row["crop"]: row for row in peers if row["config"] == "public GIFNet"}
-        for row in peers:
-            if row["config"] == "public GIFNet":
-                continue
-            reference = public.get(row["crop"])
-            public_text = f"{reference['samples_per_s']:>16.2f}" if reference else f"{'skipped':>16}"
-            ratio = f"{row['samples_per_s'] / reference['samples_per_s']:>5.2f}x" if reference else f"{'-':>6}"
-            cpu = statistics.median(row["window_cpu_s"])
-            cpu_ratio = f"{statistics.median(reference['window_cpu_s']) / cpu:>13.2f}x" if reference else f"{'-':>14}"
-            print(
-                f"{row['config']:<14} {row['crop']:>4} {row['samples_per_s']:>9.2f} {row['step_s']:>7.3f} {cpu:>6.2f} "
-                f"{public_text} {ratio} {cpu_ratio}"
-            )
-        for crop, reference in sorted(public.items()):
-            print(f"public GIFNet at {crop}: {reference['step_s']:.3f} s per iteration (two optimizer steps)")
+        print_peer_ratios(peers)
     for row in [*rows, *peers]:
         if "profile" in row:
             peer = " (4-sample batch)" if row.get("peer") else ""
@@ -417,12 +440,22 @@ def print_tables(rows: list[dict], peers: list[dict], args: argparse.Namespace) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--configs", nargs="+", help=f"configs in recipes/configs (default: those of {DEFAULT_CONFIGS})"
+        "--configs",
+        nargs="*",
+        help=f"configs in recipes/configs (default: those of {DEFAULT_CONFIGS}; none: peers only)",
     )
     parser.add_argument("--crops", nargs="+", type=int, default=[128, 256], help="training crop sides")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16-mixed"], default="fp32")
     parser.add_argument("--compile", action="store_true", help="the modules' compile switch (torch.compile)")
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend with --compile: inductor (measured) or e.g. aot_eager (a quick check)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="ours/public pairs of cells, alternated; ratios are their median"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first (and one window)")
     parser.add_argument("--steps", type=int, default=3, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=3, help="timed windows (median reported)")
@@ -452,7 +485,11 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     args.workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 2)
-    configs = args.configs or [name for name in DEFAULT_CONFIGS if (CONFIG_DIR / f"{name}.yaml").is_file()]
+    configs = (
+        args.configs
+        if args.configs is not None
+        else [name for name in DEFAULT_CONFIGS if (CONFIG_DIR / f"{name}.yaml").is_file()]
+    )
     load_before = os.getloadavg()
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPUs"
     print(
@@ -461,6 +498,16 @@ def main(argv: list[str] | None = None) -> None:
         f"after {args.warmup + 1}; load average {load_before[0]:.1f}"
     )
     rows: list[dict] = []
+    peers: list[dict] = []
+
+    def save() -> None:  # after every cell, so that a run cut short keeps what it measured
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+            report = {"settings": settings, "torch": torch.__version__, "hardware": hardware, "rows": rows}
+            report |= {"peers": peers, "load": [load_before, os.getloadavg()]}
+            args.json.write_text(json.dumps(report, indent=1))
+
     for config in configs:
         for crop in args.crops:
             row = run_child(["ours", config, str(crop)], args)
@@ -469,30 +516,27 @@ def main(argv: list[str] | None = None) -> None:
             if not args.no_data:
                 row["data_samples_per_s"] = data_rate(config, crop, args)
             rows.append(row)
+            save()
             print(f"  {config} {crop}: {row['samples_per_s']:.2f} samples/s", file=sys.stderr)
-    peers: list[dict] = []
     public = args.public_gifnet
     if public is not None and not (public / "GIFNet_model.py").is_file():
         print(f"--public-gifnet {public}: no GIFNet_model.py there; the public rows are skipped", file=sys.stderr)
         public = None
     elif public is None:
         print("no --public-gifnet PATH (a checkout of the public GIFNet repository): public rows skipped")
-    for crop in args.crops:
-        for config in args.peer_configs if public is not None else []:
-            row = run_child(["peer", config, str(crop)], args)
-            peers += [row] if row else []
-        if public is not None:
-            row = run_child(["public", str(public.resolve()), str(crop)], args)
-            peers += [row] if row else []
+    for crop in args.crops if public is not None else []:
+        for repeat in range(args.repeats):  # ours and public alternated: each pair sees about the same load
+            cells = [["peer", config, str(crop)] for config in args.peer_configs]
+            for cell in [*cells, ["public", str(public.resolve()), str(crop)]]:
+                row = run_child(cell, args)
+                if row is not None:
+                    peers.append({**row, "repeat": repeat, "load": os.getloadavg()[0]})
+                    save()
     load_after = os.getloadavg()
     print_tables(rows, peers, args)
     print(f"\nload average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-        report = {"settings": settings, "torch": torch.__version__, "hardware": hardware, "rows": rows}
-        report |= {"peers": peers, "load": [load_before, load_after]}
-        args.json.write_text(json.dumps(report, indent=1))
+        save()
         print(f"figures written to {args.json}")
 
 

@@ -50,9 +50,19 @@ def per_sample_mean(values: Tensor) -> Tensor:
     return values.flatten(1).mean(dim=1)
 
 
-def _planes(image: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B * C, 1, H, W): every channel filtered alone."""
-    return image.reshape(-1, 1, *image.shape[-2:])
+def filter_planes(image: Tensor, kernels: Tensor, padding: tuple[int, ...] = (), mode: str = "reflect") -> Tensor:
+    """Every channel of every sample of (B, C, H, W) filtered alone by each of ``kernels`` (K, kh, kw): (B, C, K, h, w).
+
+    ``padding`` (left, right, top, bottom) is added first with ``mode``. One depthwise convolution with the
+    B x C planes as its channels: oneDNN runs it several times faster, forward and backward, than a one-channel
+    convolution over a batch of B x C planes.
+    """
+    planes = image.reshape(1, -1, *image.shape[-2:])
+    if padding:
+        planes = F.pad(planes, padding, mode=mode)
+    count = planes.shape[1]
+    filtered = F.conv2d(planes, kernels[:, None].repeat(count, 1, 1, 1), groups=count)
+    return filtered.view(*image.shape[:2], kernels.shape[0], *filtered.shape[-2:])
 
 
 def sobel_magnitude(image: Tensor) -> Tensor:
@@ -62,9 +72,8 @@ def sobel_magnitude(image: Tensor) -> Tensor:
     """
     taps = torch.arange(-1, 2, device=image.device, dtype=image.dtype)  # -1 0 1; smoothing 2 - |taps|: 1 2 1
     along_x = (2 - taps.abs())[:, None] * taps / 8
-    kernels = torch.stack([along_x, along_x.T])[:, None]  # (2, 1, 3, 3): d/dx, d/dy
-    gx, gy = F.conv2d(F.pad(_planes(image), (1, 1, 1, 1), mode="replicate"), kernels).unbind(1)
-    return torch.sqrt(gx * gx + gy * gy + 1e-6).reshape(image.shape)
+    gx, gy = filter_planes(image, torch.stack([along_x, along_x.T]), (1, 1, 1, 1), "replicate").unbind(2)
+    return torch.sqrt(gx * gx + gy * gy + 1e-6)
 
 
 def gaussian_blur(image: Tensor, window_size: int = 11, sigma: float = 1.5) -> Tensor:
@@ -73,8 +82,8 @@ def gaussian_blur(image: Tensor, window_size: int = 11, sigma: float = 1.5) -> T
     taps = torch.exp(-offsets.square() / (2 * sigma**2))
     taps = taps / taps.sum()
     radius = window_size // 2
-    planes = F.pad(_planes(image), (radius, radius, radius, radius), mode="reflect")
-    return F.conv2d(F.conv2d(planes, taps.view(1, 1, 1, -1)), taps.view(1, 1, -1, 1)).reshape(image.shape)
+    rows = filter_planes(image, taps.view(1, 1, -1), (radius, radius, radius, radius)).squeeze(2)
+    return filter_planes(rows, taps.view(1, -1, 1)).squeeze(2)
 
 
 def box_mean(image: Tensor, window: int) -> Tensor:

@@ -16,10 +16,13 @@ from lightning_modules.losses import (
     GradientEnergy,
     energy_weights,
     exposure_weights,
+    focus_measure,
+    gaussian_blur,
     gradient_loss,
     intensity_loss,
     ms_ssim,
     ms_ssim_loss,
+    sobel_magnitude,
     ssim_loss,
 )
 
@@ -174,3 +177,19 @@ def test_backbone_energy_fails_fast_with_instructions(tmp_path: Path) -> None:
     torch.save({"weight": torch.zeros(1)}, wrong)
     with pytest.raises(ValueError, match="resnet18"):
         BackboneEnergy(wrong, "resnet18").load_backbone()
+
+
+def test_the_filters_equal_kornias() -> None:
+    # written here so that no kernel is built from Python data per call (see the module docstring); same results
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 2, 40, 48, generator=generator)
+    target = (image + 0.2 * torch.rand(image.shape, generator=generator)).clamp(0, 1)
+    torch.testing.assert_close(sobel_magnitude(image), kornia.filters.sobel(image))
+    blurred = kornia.filters.gaussian_blur2d(image, (11, 11), (1.5, 1.5), border_type="reflect")
+    torch.testing.assert_close(gaussian_blur(image, 11, 1.5), blurred)
+    kornia_ssim = 1 - kornia.metrics.ssim(image, target, 11, max_val=1.0).flatten(1).mean(1)
+    torch.testing.assert_close(ssim_loss(image, target), kornia_ssim)
+    grey = image.mean(dim=1, keepdim=True)
+    laplacian = kornia.filters.laplacian(grey, 3, border_type="reflect", normalized=False)
+    expected = kornia.filters.box_blur(laplacian.square(), (7, 7), border_type="reflect")
+    torch.testing.assert_close(focus_measure(image), expected, rtol=1e-4, atol=1e-5)
