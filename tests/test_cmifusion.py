@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import open_clip
 import pytest
 import torch
 import yaml
-from test_lure import ONE_THREAD, PROJECT_ROOT, TINY_TEXT, mixed_batch, smooth_images, write_tiny_training_set
+from test_lure import mixed_batch, smooth_images, write_tiny_training_set
 
 from datamodules.schema import TASK_IDS, TASKS
 from lightning_modules.cmifusion import CMIFusionModule
@@ -22,6 +18,7 @@ from lightning_modules.text import PromptEmbeddings, TextEncoderConfig
 
 from ddp_fit import assert_ranks_agree, ddp_fit
 from test_text import _write_table, one_thread  # noqa: F401  (autouse: the tiny models here run faster on one thread)
+from text_guided_helpers import PROJECT_ROOT, mixed_sources, run_recipe_process, tiny_clip_text_args
 
 TINY_CONFIG = PROJECT_ROOT / "tests" / "configs" / "cmifusion-tiny.yaml"
 PUBLISHED_CONFIG = PROJECT_ROOT / "recipes" / "configs" / "cmifusion.yaml"
@@ -185,44 +182,6 @@ def test_the_published_size(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------- recipe
-def run_cmifusion(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, **ONE_THREAD, "WANDB_MODE": "offline", "PYTHONPATH": str(PROJECT_ROOT)}
-    command = [sys.executable, "-m", "recipes.cmifusion", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def tiny_clip_text_args(tmp_path: Path) -> tuple[list[str], Path]:
-    """Command-line options for a tiny CLIP text tower loaded from a weights file in ``tmp_path``."""
-    (tmp_path / "tiny-clip.json").write_text(
-        json.dumps(
-            {
-                "embed_dim": 16,
-                "text_cfg": TINY_TEXT,
-                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 32, "patch_size": 16},
-            }
-        )
-    )
-    open_clip.add_model_config(tmp_path / "tiny-clip.json")
-    weights = tmp_path / "tiny-clip.pt"
-    torch.save(open_clip.create_model("tiny-clip").state_dict(), weights)
-    args = [
-        "--model.text_encoder.model_name",
-        "tiny-clip",
-        "--model.text_encoder.random_init",
-        "false",
-        "--model.text_encoder.weights_file",
-        str(weights),
-        "--model.text_encoder.model_config",
-        json.dumps({"embed_dim": 16, "text_cfg": TINY_TEXT}),
-    ]
-    return args, weights
-
-
-def mixed_sources(data: dict[str, Path]) -> str:
-    """``--data.sources`` of restoration pairs (with targets) and infrared-visible pairs (without)."""
-    return json.dumps([{"urls": str(data["restore"]), "task": "restore"}, {"urls": str(data["ivif"]), "task": "ivif"}])
-
-
 def test_fit_resume_and_predict_without_clip_weights(tmp_path: Path) -> None:
     data = write_tiny_training_set(tmp_path / "data")
     text_args, weights = tiny_clip_text_args(tmp_path)
@@ -243,10 +202,12 @@ def test_fit_resume_and_predict_without_clip_weights(tmp_path: Path) -> None:
         "--trainer.logger",
         "false",
     ]
-    fit = run_cmifusion(*fit_args, cwd=tmp_path)
+    fit = run_recipe_process("cmifusion", *fit_args, cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
     checkpoint = tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt"
-    resumed = run_cmifusion(*fit_args, "--ckpt_path", "last", "--trainer.max_steps", "6", cwd=tmp_path)
+    resumed = run_recipe_process(
+        "cmifusion", *fit_args, "--ckpt_path", "last", "--trainer.max_steps", "6", cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["global_step"] == 6
@@ -255,7 +216,8 @@ def test_fit_resume_and_predict_without_clip_weights(tmp_path: Path) -> None:
 
     weights.unlink()  # from here on no CLIP weights exist
     config = next(tmp_path.rglob("config.yaml"))  # the run's full configuration, saved by the CLI
-    predict = run_cmifusion(
+    predict = run_recipe_process(
+        "cmifusion",
         "predict",
         "--config",
         str(config),
@@ -275,7 +237,8 @@ def test_fit_resume_and_predict_without_clip_weights(tmp_path: Path) -> None:
 
 
 def test_a_fit_without_text_weights_stops_at_once_and_says_how(tmp_path: Path) -> None:
-    fit = run_cmifusion(
+    fit = run_recipe_process(
+        "cmifusion",
         "fit",
         "--config",
         str(TINY_CONFIG),

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,10 +24,13 @@ from lightning_modules.text import PromptEmbeddings, TextEncoderConfig
 from data_helpers import save_png
 from ddp_fit import ddp_fit
 from test_text import one_thread  # noqa: F401  (autouse: the tiny models here run faster on one thread)
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TINY_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+from text_guided_helpers import (
+    PROJECT_ROOT,
+    TINY_TEXT,
+    mixed_sources,
+    run_recipe_process,
+    tiny_clip_text_args,
+)
 
 
 def tiny_module(**overrides: object) -> LUREModule:
@@ -291,42 +290,12 @@ def write_tiny_training_set(root: Path) -> dict[str, Path]:
     return {**folders, "pairs": pairs}
 
 
-def run_recipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, **ONE_THREAD, "WANDB_MODE": "offline", "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "recipes.lure", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
 @pytest.mark.slow
 def test_both_stages_run_resume_and_the_checkpoint_predicts_without_clip_weights(tmp_path: Path) -> None:
     data = write_tiny_training_set(tmp_path / "data")
     # A tiny CLIP saved to a file: training loads the text tower from it; predict will not have it.
-    (tmp_path / "tiny-clip.json").write_text(
-        json.dumps(
-            {
-                "embed_dim": 16,
-                "text_cfg": TINY_TEXT,
-                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 32, "patch_size": 16},
-            }
-        )
-    )
-    open_clip.add_model_config(tmp_path / "tiny-clip.json")
-    weights = tmp_path / "tiny-clip.pt"
-    torch.save(open_clip.create_model("tiny-clip").state_dict(), weights)
-    text_args = [
-        "--model.text_encoder.model_name",
-        "tiny-clip",
-        "--model.text_encoder.random_init",
-        "false",
-        "--model.text_encoder.weights_file",
-        str(weights),
-        "--model.text_encoder.model_config",
-        json.dumps({"embed_dim": 16, "text_cfg": TINY_TEXT}),
-    ]
-    sources = json.dumps(
-        [{"urls": str(data["restore"]), "task": "restore"}, {"urls": str(data["ivif"]), "task": "ivif"}]
-    )
+    text_args, weights = tiny_clip_text_args(tmp_path)
+    sources = mixed_sources(data)
     fit_args = [
         "fit",
         "--config",
@@ -345,7 +314,7 @@ def test_both_stages_run_resume_and_the_checkpoint_predicts_without_clip_weights
         "--trainer.logger.save_dir",
         str(tmp_path / "logs"),
     ]
-    fit = run_recipe(*fit_args, cwd=tmp_path)
+    fit = run_recipe_process("lure", *fit_args, cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
     rows = list(csv.DictReader(next((tmp_path / "logs").rglob("metrics.csv")).open()))
     stages = {float(row["train/stage"]) for row in rows if row.get("train/stage")}
@@ -354,13 +323,14 @@ def test_both_stages_run_resume_and_the_checkpoint_predicts_without_clip_weights
     assert any(row[key] for row in rows for key in row if key.startswith("val/"))  # validation on the pairs ran
 
     checkpoint = tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt"
-    resumed = run_recipe(*fit_args, "--ckpt_path", "last", "--trainer.max_steps", "8", cwd=tmp_path)
+    resumed = run_recipe_process("lure", *fit_args, "--ckpt_path", "last", "--trainer.max_steps", "8", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 8
 
     weights.unlink()  # from here on no CLIP weights exist
     config = next(tmp_path.rglob("config.yaml"))  # the run's full configuration, saved by the CLI
-    predict = run_recipe(
+    predict = run_recipe_process(
+        "lure",
         "predict",
         "--config",
         str(config),
@@ -382,7 +352,8 @@ def test_both_stages_run_resume_and_the_checkpoint_predicts_without_clip_weights
 
     # --model.predict_prompt reaches the model (LightningCLI must not replace it with the checkpoint's
     # hyperparameters): a prompt never encoded needs the deleted weights, and the error says so.
-    unseen = run_recipe(
+    unseen = run_recipe_process(
+        "lure",
         "predict",
         "--config",
         str(config),

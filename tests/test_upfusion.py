@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import open_clip
@@ -21,10 +19,10 @@ from lightning_modules.upfusion import UPFusionModule
 
 from ddp_fit import assert_ranks_agree, ddp_fit
 from test_text import one_thread  # noqa: F401  (autouse: the tiny models here run faster on one thread)
+from text_guided_helpers import TINY_TEXT, mixed_sources, run_recipe_process
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = PROJECT_ROOT / "tests" / "configs" / "upfusion-tiny.yaml"
-TINY_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 TINY_VISION = {"image_size": 32, "layers": 1, "width": 32, "head_width": 32, "patch_size": 16}
 TINY_NET = {"width": 8, "blocks": (1, 1, 1, 1), "heads": (1, 1, 2, 2), "expansion": 2.0, "refinement_blocks": 1}
 
@@ -191,20 +189,11 @@ def test_no_visual_weights_fails_fast_naming_the_option(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ recipe end to end
-def run_recipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "recipes.upfusion", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
 @pytest.mark.slow
 def test_fit_then_predict_without_the_text_weights(tmp_path: Path, tiny_clip_weights) -> None:
     weights, _ = tiny_clip_weights
     data = write_tiny_training_set(tmp_path / "data")
-    sources = json.dumps(
-        [{"urls": str(data["restore"]), "task": "restore"}, {"urls": str(data["ivif"]), "task": "ivif"}]
-    )
+    sources = mixed_sources(data)
     text_weights = tmp_path / "text-weights.pt"
     text_weights.write_bytes(weights.read_bytes())
     text_args = [
@@ -228,8 +217,15 @@ def test_fit_then_predict_without_the_text_weights(tmp_path: Path, tiny_clip_wei
         "--trainer.logger",
         "false",
     ]
-    fit = run_recipe(
-        "fit", *common, "--data.sources", sources, "--data.val_pairs", json.dumps([str(data["pairs"])]), cwd=tmp_path
+    fit = run_recipe_process(
+        "upfusion",
+        "fit",
+        *common,
+        "--data.sources",
+        sources,
+        "--data.val_pairs",
+        json.dumps([str(data["pairs"])]),
+        cwd=tmp_path,
     )
     assert fit.returncode == 0, fit.stderr[-3000:]
     checkpoint = tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt"
@@ -247,7 +243,7 @@ def test_fit_then_predict_without_the_text_weights(tmp_path: Path, tiny_clip_wei
             "--output_dir",
             str(tmp_path / output),
         ]
-        return run_recipe("predict", *common, *arguments, *extra, cwd=tmp_path)
+        return run_recipe_process("upfusion", "predict", *common, *arguments, *extra, cwd=tmp_path)
 
     fused = predict("fused")
     assert fused.returncode == 0, fused.stderr[-3000:]
@@ -262,9 +258,7 @@ def test_fit_then_predict_without_the_text_weights(tmp_path: Path, tiny_clip_wei
 @pytest.mark.slow
 def test_two_process_ddp_fit_on_a_task_mix(tmp_path: Path) -> None:
     data = write_tiny_training_set(tmp_path / "data")
-    sources = json.dumps(
-        [{"urls": str(data["restore"]), "task": "restore"}, {"urls": str(data["ivif"]), "task": "ivif"}]
-    )
+    sources = mixed_sources(data)
     ranks = ddp_fit(
         "upfusion",
         [
