@@ -340,6 +340,23 @@ def public_cell(path: Path, crop: int, device: torch.device, args: argparse.Name
     return {"config": "public GIFNet", "crop": crop, **measure_step(iteration, inputs, device, args, samples=4)}
 
 
+def interleaved_cell(config: str, public_path: Path, crop: int, device: torch.device, args: argparse.Namespace) -> dict:
+    """Ours and the public iteration in one process, one step of each in turn: each pair sees the same load."""
+    ours, _, _ = our_step(config, [training_batch(crop)], device, args)
+    public, _ = public_iteration(public_path, crop, device, args.precision)
+    ours(), public()  # first steps (one-time set-up) untimed
+    pairs = []
+    for _ in range(args.interleaved):
+        pair = []
+        for step in (ours, public):
+            wall, cpu = time.perf_counter(), time.process_time()
+            step()
+            synchronize(device)
+            pair.append([time.perf_counter() - wall, time.process_time() - cpu])
+        pairs.append(pair)
+    return {"config": config, "crop": crop, "pairs": pairs}
+
+
 # ------------------------------------------------------------------------------------------- the parent
 
 
@@ -351,6 +368,8 @@ def run_child(cell: list[str], args: argparse.Namespace) -> dict[str, Any] | Non
         forwarded += ["--threads", str(args.threads)]
     if args.compile:
         forwarded += ["--compile", "--compile-backend", args.compile_backend]
+    if args.interleaved:
+        forwarded += ["--interleaved", str(args.interleaved)]
     command = [sys.executable, __file__, *forwarded, "--cell", *cell]
     result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT)
     if result.returncode != 0:
@@ -367,6 +386,20 @@ def data_rate(config: str, crop: int, args: argparse.Namespace) -> float:
         rate, _, _ = measure_loader(loader, args.data_warmup)
         rates.append(rate)
     return statistics.median(rates)
+
+
+def print_interleaved(row: dict) -> None:
+    """Per pair of steps (ours, then the public iteration): seconds and the public/ours ratio, wall and CPU."""
+    print(f"\n{row['config']} and the public iteration in turn, {row['crop']} px (wall s / CPU s)")
+    wall, cpu = [], []
+    for (ours_wall, ours_cpu), (public_wall, public_cpu) in row["pairs"]:
+        wall.append(public_wall / ours_wall)
+        cpu.append(public_cpu / ours_cpu)
+        print(
+            f"  ours {ours_wall:.2f} / {ours_cpu:.2f}  public {public_wall:.2f} / {public_cpu:.2f}  "
+            f"ratio {wall[-1]:.2f}x / {cpu[-1]:.2f}x"
+        )
+    print(f"  median ratio {statistics.median(wall):.2f}x wall, {statistics.median(cpu):.2f}x CPU")
 
 
 def print_peer_ratios(peers: list[dict]) -> None:
@@ -456,6 +489,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repeats", type=int, default=1, help="ours/public pairs of cells, alternated; ratios are their median"
     )
+    parser.add_argument(
+        "--interleaved",
+        type=int,
+        default=0,
+        help="instead of separate cells: N steps of ours and of the public iteration in turn, in one process",
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first (and one window)")
     parser.add_argument("--steps", type=int, default=3, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=3, help="timed windows (median reported)")
@@ -479,6 +518,8 @@ def main(argv: list[str] | None = None) -> None:
         kind, name, crop = args.cell[0], args.cell[1], int(args.cell[2])
         if kind == "public":
             figures = public_cell(Path(name), crop, device, args)
+        elif kind == "pair":
+            figures = interleaved_cell(name, Path(args.cell[3]), crop, device, args)
         else:
             figures = ours_cell(name, crop, kind == "peer", device, args)
         print(json.dumps(figures))
@@ -499,13 +540,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     rows: list[dict] = []
     peers: list[dict] = []
+    interleaved: list[dict] = []
 
     def save() -> None:  # after every cell, so that a run cut short keeps what it measured
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
             report = {"settings": settings, "torch": torch.__version__, "hardware": hardware, "rows": rows}
-            report |= {"peers": peers, "load": [load_before, os.getloadavg()]}
+            report |= {"peers": peers, "interleaved": interleaved, "load": [load_before, os.getloadavg()]}
             args.json.write_text(json.dumps(report, indent=1))
 
     for config in configs:
@@ -524,7 +566,14 @@ def main(argv: list[str] | None = None) -> None:
         public = None
     elif public is None:
         print("no --public-gifnet PATH (a checkout of the public GIFNet repository): public rows skipped")
-    for crop in args.crops if public is not None else []:
+    for crop in args.crops if public is not None and args.interleaved else []:
+        for config in args.peer_configs:
+            row = run_child(["pair", config, str(crop), str(public.resolve())], args)
+            if row is not None:
+                interleaved.append(row)
+                save()
+                print_interleaved(row)
+    for crop in args.crops if public is not None and not args.interleaved else []:
         for repeat in range(args.repeats):  # ours and public alternated: each pair sees about the same load
             cells = [["peer", config, str(crop)] for config in args.peer_configs]
             for cell in [*cells, ["public", str(public.resolve()), str(crop)]]:
