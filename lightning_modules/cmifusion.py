@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from datamodules.schema import TASK_IDS, TASKS, second_source
-from lightning_modules.fusion import FusionModule
+from lightning_modules.fusion import FusionModule, host_metadata
 from lightning_modules.losses import (
     GradientEnergy,
     energy_weights,
@@ -171,10 +171,10 @@ class CMIFusionModule(PromptCacheCheckpoints, FusionModule):
         fused = self.fuse(a, b, task)
         # losses in float32 under mixed precision: SSIM variances (E[x^2] - E[x]^2) cancel in bfloat16
         with torch.autocast(a.device.type, enabled=False):
-            return self.weighted_terms(fused.float(), a, b, batch["gt"], task, has_gt)
+            return self.loss_terms(fused.float(), a, b, batch["gt"], task, has_gt, host_metadata(batch))
 
-    def weighted_terms(
-        self, fused: Tensor, a: Tensor, b: Tensor, gt: Tensor, task: Tensor, has_gt: Tensor
+    def loss_terms(
+        self, fused: Tensor, a: Tensor, b: Tensor, gt: Tensor, task: Tensor, has_gt: Tensor, host: dict[str, list]
     ) -> dict[str, Tensor]:
         """Every sample's loss terms, their weighted total (``loss``) and per-task means to log."""
         energy = energy_weights(self.energy(a), self.energy(b))
@@ -183,4 +183,4 @@ class CMIFusionModule(PromptCacheCheckpoints, FusionModule):
         intensity_weights = torch.where(is_exposure, exposure, energy[:, :, None, None])
         intensity = intensity_loss(fused, [a, b], intensity_weights)
         fusion, fidelity = text_guided_terms(fused, a, b, gt, intensity, energy)
-        return masked_total([(~has_gt, fusion), (has_gt, fidelity)], self.loss_weights, task)
+        return masked_total(fusion, fidelity, self.loss_weights, has_gt, task, host)

@@ -28,6 +28,7 @@ within float rounding (tests/test_losses.py).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.schema import TASKS
+from lightning_modules.networks.layers import true_indices
 
 MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 """Exponents of the five scales of MS-SSIM, from Wang et al. 2003 (finest scale first)."""
@@ -409,21 +411,29 @@ def text_guided_terms(
 
 
 def masked_total(
-    groups: Sequence[tuple[Tensor, Mapping[str, Tensor]]], weights: Mapping[str, float], task: Tensor
+    fusion: Mapping[str, Tensor],
+    fidelity: Mapping[str, Tensor],
+    weights: Mapping[str, float],
+    has_gt: Tensor,
+    task: Tensor,
+    host: Mapping[str, list],
 ) -> dict[str, Tensor]:
-    """The loss of per-sample terms that apply to some samples only, and their per-task means to log.
+    """The loss of :func:`text_guided_terms`'s terms, each sample keeping those of its kind, and per-task means.
 
-    ``groups``: (mask (B,) of the samples the terms apply to, {name: per-sample values}). Returns
-    ``loss``, the batch mean of each sample's weighted sum of the terms that apply to it (a term
-    that does not apply gets no gradient), and ``<task>/<name>``: each term's mean over the samples
-    of each task it applies to.
+    Fusion terms apply to the samples without a target (``has_gt`` false), fidelity terms to those with
+    one. Returns ``loss``, the batch mean of each sample's weighted sum of the terms that apply to it (a
+    term that does not apply gets no gradient), and ``<task>/<name>``: each term's mean over the samples
+    of each task it applies to. Which tasks to log and how many samples each has come from ``host``
+    (:func:`~lightning_modules.fusion.host_metadata`), so nothing here asks the device.
     """
     total = torch.zeros_like(task, dtype=torch.float32)
     logged: dict[str, Tensor] = {}
-    for applies, terms in groups:
+    for target, applies, terms in ((False, ~has_gt, fusion), (True, has_gt, fidelity)):
+        counts = Counter(index for index, flag in zip(host["task"], host["has_gt"]) if bool(flag) == target)
         for name, values in terms.items():
             total = total + torch.where(applies, weights[name] * values, 0.0)
-            for index in task[applies].unique().tolist():
-                logged[f"{TASKS[index]}/{name}"] = values[applies & (task == index)].mean()
+            for index, count in counts.items():
+                samples = true_indices(applies & (task == index), count)
+                logged[f"{TASKS[index]}/{name}"] = values.index_select(0, samples).mean()
     logged["loss"] = total.mean()
     return logged

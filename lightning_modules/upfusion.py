@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from datamodules.schema import DEGRADATIONS, TASK_IDS, TASKS, second_source
-from lightning_modules.fusion import FusionModule
+from lightning_modules.fusion import FusionModule, host_metadata
 from lightning_modules.image_features import ImageFeatureEncoder
 from lightning_modules.losses import (
     GradientEnergy,
@@ -195,10 +195,10 @@ class UPFusionModule(PromptCacheCheckpoints, FusionModule):
         fused = self.fuse_prompted(a, b, self.sample_prompts(batch, training=True))
         # losses in float32 under mixed precision: SSIM variances (E[x^2] - E[x]^2) cancel in bfloat16
         with torch.autocast(a.device.type, enabled=False):
-            return self.loss_terms(fused.float(), a, b, batch["gt"], task, has_gt)
+            return self.loss_terms(fused.float(), a, b, batch["gt"], task, has_gt, host_metadata(batch))
 
     def loss_terms(
-        self, fused: Tensor, a: Tensor, b: Tensor, gt: Tensor, task: Tensor, has_gt: Tensor
+        self, fused: Tensor, a: Tensor, b: Tensor, gt: Tensor, task: Tensor, has_gt: Tensor, host: dict[str, list]
     ) -> dict[str, Tensor]:
         """Each sample's terms (see the module docstring), their weighted total ``loss`` and per-task means."""
         sources = [a, b]
@@ -207,4 +207,4 @@ class UPFusionModule(PromptCacheCheckpoints, FusionModule):
         intensity = torch.where(task == MEIF, well_exposed, maximum)
         energy = energy_weights(self.energy(a), self.energy(b))
         fusion, fidelity = text_guided_terms(fused, a, b, gt, intensity, energy)
-        return masked_total([(~has_gt, fusion), (has_gt, fidelity)], self.loss_weights, task)
+        return masked_total(fusion, fidelity, self.loss_weights, has_gt, task, host)

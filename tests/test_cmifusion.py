@@ -152,7 +152,8 @@ def test_a_fused_image_equal_to_its_target_has_no_fidelity_loss() -> None:
     module = tiny_module()
     target = smooth_images(2, 32, seed=11)
     task, has_gt = torch.tensor([TASK_IDS["mfif"]] * 2), torch.ones(2, dtype=torch.bool)
-    terms = module.weighted_terms(target, target * 0.5, target, target, task, has_gt)
+    host = {"task": task.tolist(), "has_gt": has_gt.tolist()}
+    terms = module.loss_terms(target, target * 0.5, target, target, task, has_gt, host)
     assert float(terms["loss"]) < 1e-5
 
 

@@ -116,3 +116,21 @@ def test_grouped_losses_and_gradients_equal_the_mean_of_per_sample_steps(inferen
     for name in per_task_terms:
         values = [single[name] for single in singles if name in single]  # a sample logs its own task's terms
         torch.testing.assert_close(losses[name], torch.stack(values).mean(), rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("family", ["upfusion", "cmifusion"])
+def test_the_text_guided_losses_group_samples_without_asking_the_device(family: str) -> None:
+    # what is left in their steps is the prompt embeddings' copy to the device (bench/RESULTS.md)
+    import test_cmifusion
+    import test_lure
+    import test_upfusion
+
+    module = {"upfusion": test_upfusion.tiny_module, "cmifusion": test_cmifusion.tiny_module}[family]()
+    batch = module.on_before_batch_transfer(test_lure.mixed_batch(), 0)
+    optimizer = torch.optim.AdamW(module.parameters())
+    optimizer_step(module, batch, optimizer)
+    tensors = [value for value in batch.values() if isinstance(value, torch.Tensor)]
+    with HostSyncCounter([*tensors, *module.parameters(), *module.buffers()]) as counter:
+        optimizer_step(module, batch, optimizer)
+    data_sized = {name: count for name, count in counter.counts.items() if name.startswith("size from data")}
+    assert not data_sized, data_sized
