@@ -2,6 +2,7 @@
 
     python bench/train_quality.py                              # 20 CPU-min per config, every family with a CPU config
     python bench/train_quality.py --minutes 10 --jobs 2        # two fits at a time (one thread each) on 2 cores
+    python bench/train_quality.py --minutes 10 --jobs 2 --reuse   # again: keeps runs that spent the budget
     python bench/train_quality.py --minutes 8 --clock wall --configs gifnet gifnet-fast
     python bench/train_quality.py --data demo                  # the built-in demo set instead of ../shared/datasets
     python bench/train_quality.py --configs tiny=gifnet:tests/configs/gifnet-tiny.yaml --minutes 0.3 --pairs DIR
@@ -147,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-threads", type=int, default=1, help="torch threads of each fit (OMP_NUM_THREADS)")
     parser.add_argument("--jobs", type=int, default=1, help="fits run at the same time (e.g. cores / train threads)")
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep a config's earlier run in --out when its last.ckpt spent this CPU budget (--clock cpu): "
+        "only the others train",
+    )
+    parser.add_argument(
         "--configs", nargs="+", default=defaults, help=f"configs to train (default: {' '.join(defaults)})"
     )
     real_ready = all(c.data_config.is_file() for c in KNOWN_CONFIGS.values() if c.available and c.data_config)
@@ -272,10 +279,31 @@ def run_fit(command: list[str], threads: int, log: Path) -> None:
         raise SystemExit(f"fit failed (exit {done.returncode}); its output is in {log}:\n{tail}")
 
 
+def spent_the_budget(checkpoint: Path, budget: Budget) -> bool:
+    """Whether an earlier run's checkpoint ended on this CPU budget (what ``--reuse`` keeps)."""
+    if budget.clock != "cpu" or not checkpoint.is_file():
+        return False
+    _, spent = steps_and_cpu_seconds(checkpoint)
+    return spent is not None and spent >= 60.0 * budget.minutes
+
+
 def train(
-    config: BenchConfig, overlay: Path | None, runs_dir: Path, budget: Budget, extra: list[str], log: Path
-) -> tuple[Path, float]:
-    """Train in a fresh run directory for the budget; returns the last checkpoint and the wall seconds."""
+    config: BenchConfig,
+    overlay: Path | None,
+    runs_dir: Path,
+    budget: Budget,
+    extra: list[str],
+    log: Path,
+    reuse: bool = False,
+) -> tuple[Path, float | None]:
+    """Train in a fresh run directory for the budget; returns the last checkpoint and the wall seconds.
+
+    With ``reuse``, a run that already spent the budget is kept (its wall seconds are unknown: None).
+    """
+    checkpoint = runs_dir / config.name / "checkpoints" / "last.ckpt"
+    if reuse and spent_the_budget(checkpoint, budget):
+        print(f"{config.name}: reusing {checkpoint}", flush=True)
+        return checkpoint, None
     shutil.rmtree(runs_dir / config.name, ignore_errors=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.unlink(missing_ok=True)
@@ -290,7 +318,6 @@ def train(
     else:
         command = fit_command(config, overlay, runs_dir, budget_options(budget.clock, seconds), extra)
         run_fit(command, budget.threads, log)
-    checkpoint = runs_dir / config.name / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
         raise SystemExit(f"{config.name}: training wrote no {checkpoint} (see {log})")
     return checkpoint, time.perf_counter() - started
@@ -456,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training {len(configs)} configs, {options.jobs} at a time; their output: {logs}/<config>.log", flush=True)
     with ThreadPoolExecutor(max_workers=options.jobs) as pool:
         futures = {
-            c.name: pool.submit(train, c, overlays[c.name], runs_dir, budget, fit_extra, logs / f"{c.name}.log")
+            c.name: pool.submit(
+                train, c, overlays[c.name], runs_dir, budget, fit_extra, logs / f"{c.name}.log", options.reuse
+            )
             for c in configs
         }
         trained = {c.name: (c, *futures[c.name].result()) for c in configs}
@@ -496,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         losses = curves[name][1]
         final = f"{np.mean(losses[-5:]):.4f}" if losses else "—"
         cpu = records[name][1]
-        row = [name, config.recipe, steps_done[name], "—" if cpu is None else f"{cpu:.0f}", f"{seconds:.0f}", final]
+        wall = "—" if seconds is None else f"{seconds:.0f}"
+        row = [name, config.recipe, steps_done[name], "—" if cpu is None else f"{cpu:.0f}", wall, final]
         row.append(f"{predict_seconds[name]:.0f}")
         print("| " + " | ".join(str(cell) for cell in row) + " |")
     print()

@@ -45,7 +45,8 @@ class LastCheckpoint(ModelCheckpoint):
 
     It is the one "top" checkpoint of a callback that monitors nothing, named ``last``: Lightning's
     ``save_last`` writes "last" only where the callback's top-k saved too, so with ``save_top_k=0``
-    it wrote ``last.ckpt`` at the end of training only, and a run killed before that had none.
+    it wrote ``last.ckpt`` at the end of training only, and a run killed before that had none. It also
+    saves when training ends, so the final step is never lost.
     """
 
     def __init__(self, dirpath: str) -> None:
@@ -55,6 +56,13 @@ class LastCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         # distinct from the configured ModelCheckpoint's key even when both monitor nothing
         return type(self).__name__
+
+    def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
+        # A fit can end between save points: max_time, a CPU budget, max_steps off the validation grid, or a
+        # config that saves after validation only (check_val_every_n_epoch null) with validation off. Its final
+        # steps would be lost; every rank calls this, as saving needs.
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class FusionCLI(LightningCLI):

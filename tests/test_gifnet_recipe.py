@@ -234,3 +234,15 @@ def test_a_run_stopped_by_its_time_limit_leaves_its_last_step_in_last_ckpt(tmp_p
     last = tmp_path / "timed" / "checkpoints" / "last.ckpt"
     assert last.is_file(), "a time-limited run wrote no last.ckpt"
     assert global_step(last) >= 1
+
+
+def test_a_config_that_saves_after_validation_only_keeps_its_final_step_with_validation_off(tmp_path: Path) -> None:
+    # as gifnet.yaml: validation by steps (check_val_every_n_epoch null), so no save at an epoch's end
+    run_recipe(
+        "fit", "--config", TINY, "--run_name", "off-grid", "--trainer.check_val_every_n_epoch", "null",
+        "--trainer.val_check_interval", "1000", "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0",
+        "--trainer.logger", "false", runs_dir=tmp_path,
+    )  # fmt: skip
+    last = tmp_path / "off-grid" / "checkpoints" / "last.ckpt"
+    assert last.is_file(), "a fit that ended between save points wrote no last.ckpt"
+    assert global_step(last) == 3
