@@ -464,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"--pairs {options.pairs} not found: fusion-bench lives in ../shared/fusion-bench beside the project"
         )
+    if options.jobs > 1 and options.clock == "wall":
+        parser.error("--jobs > 1 needs --clock cpu: side-by-side fits share the machine's wall-clock time")
     os.environ.setdefault("WANDB_MODE", "offline")
     out: Path = options.out
     runs_dir = out / "runs"
@@ -477,8 +479,6 @@ def main(argv: list[str] | None = None) -> int:
     # every config's training sources read once, before the first fit: all configs train on the same data
     overlays = {c.name: real_sources_overlay(c, out / "overlays") if real and c.data_config else None for c in configs}
     budget = Budget(options.minutes, options.clock, options.train_threads, options.lure_stage1)
-    if options.jobs > 1 and options.clock == "wall":
-        parser.error("--jobs > 1 needs --clock cpu: side-by-side fits share the machine's wall-clock time")
     logs = out / "logs"
     print(f"training {len(configs)} configs, {options.jobs} at a time; their output: {logs}/<config>.log", flush=True)
     with ThreadPoolExecutor(max_workers=options.jobs) as pool:
