@@ -45,7 +45,9 @@ class CPUTimeBudget(Callback):
 
     Args:
         minutes: CPU minutes the fit may spend; the step running when it is reached is finished,
-            then training ends as at ``max_steps`` (``last.ckpt`` holds that step).
+            then training ends as at ``max_steps`` (``last.ckpt`` holds that step). With validation
+            on, Lightning validates once more when a fit stops early; that pass is counted too (it
+            is in the saved time), so a resume does not get it back.
     """
 
     def __init__(self, minutes: float) -> None:
